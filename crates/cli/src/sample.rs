@@ -1,0 +1,86 @@
+//! `chatforge sample`: generate a continuation from a checkpoint, streamed to stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use chatforge_engine::{generate, FinishReason, SamplingParams};
+use chatforge_tokenizer::{Special, StreamDecoder};
+use chatforge_train::artifact::load_model;
+
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    /// A checkpoint directory, or a run directory (its newest checkpoint is used).
+    #[arg(long)]
+    model: PathBuf,
+    /// Text to continue.
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Keep the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus mass in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Number of samples.
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+}
+
+pub fn run(a: SampleArgs) -> Result<()> {
+    let loaded = load_model(&a.model)
+        .with_context(|| format!("loading a model from {}", a.model.display()))?;
+    let tok = &loaded.tokenizer;
+    let eot = tok.special(Special::Eot);
+    // Like a document start in pretraining: the prompt follows an end-of-text token.
+    let mut prompt = vec![eot];
+    prompt.extend(tok.encode(&a.prompt));
+    let stdout = std::io::stdout();
+    for i in 0..a.n {
+        let params = SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed.wrapping_add(i as u64),
+            max_tokens: a.max_tokens,
+            stop_tokens: vec![eot],
+        };
+        let mut out = stdout.lock();
+        write!(out, "{}", a.prompt)?;
+        out.flush()?;
+        let mut dec = StreamDecoder::new(tok);
+        let mut io_err = None;
+        let g = generate(&loaded.model, &prompt, &params, |id| {
+            let written = match dec.push(id) {
+                Ok(piece) => write!(out, "{piece}").and_then(|_| out.flush()).map_err(anyhow::Error::from),
+                Err(e) => Err(e.into()),
+            };
+            match written {
+                Ok(()) => true,
+                Err(e) => {
+                    io_err = Some(e);
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = io_err {
+            return Err(e);
+        }
+        write!(out, "{}", dec.finish())?;
+        writeln!(out)?;
+        if a.n > 1 {
+            writeln!(out, "---")?;
+        }
+        if g.finish == FinishReason::Context {
+            eprintln!("(stopped: the context window of {} tokens is full)", loaded.config.context_length);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! Fused CPU causal attention with grouped KV heads, forward and backward, tiled over blocks of
+//! query rows (flash-attention style): the `(T, S)` score matrix is never materialised, only one
+//! `(BLOCK, S_visible)` tile per worker. The forward saves each row's log-sum-exp; the backward
+//! recomputes the probabilities from it.
+//!
+//! For one head, query block `Q_b` and the keys it can see (`K`, `V`, `S_b = offset + end of the
+//! block`), with `scale = 1/sqrt(D)` and the causal mask (`j > offset + i` gets probability 0):
+//!
+//! ```text
+//! forward:  P = softmax(scale Q_b K^T),  O_b = P V,  lse_i = log sum_j exp(scale q_i k_j)
+//! backward: P = exp(scale Q_b K^T - lse),  dV += P^T dO_b,  dP = dO_b V^T,
+//!           dS = P * (dP - rowsum(dO_b * O_b)),  dQ_b = scale dS K,  dK += scale dS^T Q_b
+//! ```
+//!
+//! The backward runs one task per (batch, KV head), which owns that head's `dK`, `dV` and the
+//! `dQ` of the query heads that share it, so no two tasks write the same memory and the sums are
+//! in a fixed order (bitwise reproducible). The matrix products use the `gemm` crate.
+
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::cpu::{matmul, max, slice, sum_map, sum_map2, CpuView, MatRef, Real};
+
+const NAME: &str = "causal_attention";
+/// Query rows per tile.
+const BLOCK: usize = 64;
+
+/// `(B, H, Hkv, T, S, D)`.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    h: usize,
+    hkv: usize,
+    t: usize,
+    s: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn of(q: &[usize], k: &[usize], v: &[usize], offset: usize) -> Result<Self> {
+        let (&[b, h, t, d], &[kb, hkv, s, kd]) = (q, k) else {
+            bail!("{NAME}: q {q:?} and k {k:?} must be 4-dimensional")
+        };
+        if kb != b || kd != d || v != k || hkv == 0 || h % hkv != 0 || s != offset + t {
+            bail!(
+                "{NAME}: q {q:?}, k {k:?}, v {v:?}, offset {offset}: need k = v = \
+                 (B, Hkv, offset + T, D) with H a multiple of Hkv"
+            )
+        }
+        if b * h * t * d == 0 {
+            bail!("{NAME}: fused kernel needs non-empty tensors, got q {q:?}")
+        }
+        Ok(Self { b, h, hkv, t, s, d })
+    }
+
+    /// Query heads per KV head.
+    fn rep(&self) -> usize {
+        self.h / self.hkv
+    }
+}
+
+struct AttentionOp {
+    offset: usize,
+    /// Each query row's log-sum-exp of its scaled scores, `(B, H, T)`.
+    lse: OnceLock<CpuStorage>,
+}
+
+/// Rows `i0..i1` of a query block and the number of keys its last row can see.
+fn blocks(t: usize, offset: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..t)
+        .step_by(BLOCK)
+        .map(move |i0| (i0, (i0 + BLOCK).min(t), offset + (i0 + BLOCK).min(t)))
+}
+
+impl AttentionOp {
+    fn fwd<T: Real>(&self, q: &[T], k: &[T], v: &[T], dims: Dims) -> Result<(Vec<T>, Vec<T>)> {
+        let Dims { h, t, s, d, .. } = dims;
+        let (rep, offset) = (dims.rep(), self.offset);
+        let scale = T::from_f64(1.0 / (d as f64).sqrt());
+        let mut out = vec![T::zero(); dims.b * h * t * d];
+        let mut lse = vec![T::zero(); dims.b * h * t];
+        out.par_chunks_mut(t * d)
+            .zip(lse.par_chunks_mut(t))
+            .enumerate()
+            .try_for_each(|(bh, (o, lse))| -> Result<()> {
+                let kv = (bh / h * dims.hkv + bh % h / rep) * s * d; // this head's K/V offset
+                let (qh, kh, vh) = (
+                    &q[bh * t * d..][..t * d],
+                    &k[kv..][..s * d],
+                    &v[kv..][..s * d],
+                );
+                let mut p = vec![T::zero(); BLOCK.min(t) * s];
+                for (i0, i1, sb) in blocks(t, offset) {
+                    let p = &mut p[..(i1 - i0) * sb];
+                    let q_b = MatRef::rows(&qh[i0 * d..i1 * d], i1 - i0, d);
+                    matmul(
+                        p,
+                        q_b,
+                        MatRef::transposed(&kh[..sb * d], d, sb),
+                        scale,
+                        false,
+                    )?;
+                    for (r, row) in p.chunks_mut(sb).enumerate() {
+                        let (live, dead) = row.split_at_mut(offset + i0 + r + 1);
+                        let m = max(live);
+                        live.iter_mut().for_each(|x| *x = (*x - m).exp());
+                        let sum = sum_map(live, |x| x);
+                        let inv = sum.recip();
+                        live.iter_mut().for_each(|x| *x *= inv);
+                        dead.fill(T::zero());
+                        lse[i0 + r] = m + sum.ln();
+                    }
+                    let p_b = MatRef::rows(&*p, i1 - i0, sb);
+                    let v_b = MatRef::rows(&vh[..sb * d], sb, d);
+                    matmul(&mut o[i0 * d..i1 * d], p_b, v_b, T::one(), false)?;
+                }
+                Ok(())
+            })?;
+        Ok((out, lse))
+    }
+
+    /// Returns `(dq, dk, dv)`.
+    #[allow(clippy::too_many_arguments)] // the three inputs, the output, its grad and the stats
+    fn bwd_t<T: Real>(
+        &self,
+        (q, k, v): (&[T], &[T], &[T]),
+        o: &[T],
+        g: &[T],
+        lse: &[T],
+        dims: Dims,
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let Dims { t, s, d, .. } = dims;
+        let (rep, offset) = (dims.rep(), self.offset);
+        let scale = T::from_f64(1.0 / (d as f64).sqrt());
+        let mut dq = vec![T::zero(); q.len()];
+        let mut dk = vec![T::zero(); k.len()];
+        let mut dv = vec![T::zero(); v.len()];
+        dq.par_chunks_mut(rep * t * d)
+            .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
+            .enumerate()
+            .try_for_each(|(group, (dq, (dk, dv)))| -> Result<()> {
+                // One (batch, KV head) and its `rep` query heads, which are contiguous in q.
+                let (kh, vh) = (&k[group * s * d..][..s * d], &v[group * s * d..][..s * d]);
+                let mut p = vec![T::zero(); BLOCK.min(t) * s];
+                let mut ds = vec![T::zero(); BLOCK.min(t) * s];
+                for (r_head, dq) in dq.chunks_mut(t * d).enumerate() {
+                    let head = group * rep + r_head;
+                    let span = head * t * d..(head + 1) * t * d;
+                    let (qh, oh, gh) = (&q[span.clone()], &o[span.clone()], &g[span]);
+                    let lse = &lse[head * t..][..t];
+                    for (i0, i1, sb) in blocks(t, offset) {
+                        let bq = i1 - i0;
+                        let (p, ds) = (&mut p[..bq * sb], &mut ds[..bq * sb]);
+                        let q_b = MatRef::rows(&qh[i0 * d..i1 * d], bq, d);
+                        let g_b = MatRef::rows(&gh[i0 * d..i1 * d], bq, d);
+                        // P = exp(scale Q_b K^T - lse), 0 where masked.
+                        matmul(
+                            p,
+                            q_b,
+                            MatRef::transposed(&kh[..sb * d], d, sb),
+                            scale,
+                            false,
+                        )?;
+                        for (r, row) in p.chunks_mut(sb).enumerate() {
+                            let (live, dead) = row.split_at_mut(offset + i0 + r + 1);
+                            let l = lse[i0 + r];
+                            live.iter_mut().for_each(|x| *x = (*x - l).exp());
+                            dead.fill(T::zero());
+                        }
+                        // dV += P^T dO_b
+                        let p_t = MatRef::transposed(&*p, sb, bq);
+                        matmul(&mut dv[..sb * d], p_t, g_b, T::one(), true)?;
+                        // dS = P * (dO_b V^T - rowsum(dO_b * O_b))
+                        matmul(
+                            ds,
+                            g_b,
+                            MatRef::transposed(&vh[..sb * d], d, sb),
+                            T::one(),
+                            false,
+                        )?;
+                        for (r, (ds, p)) in ds.chunks_mut(sb).zip(p.chunks(sb)).enumerate() {
+                            let i = i0 + r;
+                            let di = sum_map2(&gh[i * d..][..d], &oh[i * d..][..d], |a, b| a * b);
+                            for (ds, &p) in ds.iter_mut().zip(p) {
+                                *ds = p * (*ds - di);
+                            }
+                        }
+                        // dQ_b = scale dS K;  dK += scale dS^T Q_b
+                        let ds_b = MatRef::rows(&*ds, bq, sb);
+                        let k_b = MatRef::rows(&kh[..sb * d], sb, d);
+                        matmul(&mut dq[i0 * d..i1 * d], ds_b, k_b, scale, false)?;
+                        let ds_t = MatRef::transposed(&*ds, sb, bq);
+                        matmul(&mut dk[..sb * d], ds_t, q_b, scale, true)?;
+                    }
+                }
+                Ok(())
+            })?;
+        Ok((dq, dk, dv))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn bwd_dispatch<T: Real>(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = Dims::of(q.dims(), k.dims(), v.dims(), self.offset)?;
+        let ts = [q, k, v, res, grad].map(|t| t.contiguous());
+        let [q, k, v, res, grad] = ts;
+        let (q, k, v, res, grad) = (q?, k?, v?, res?, grad?);
+        if res.dims() != q.dims() || grad.dims() != q.dims() {
+            bail!(
+                "{NAME}: backward got output {:?}, grad {:?}",
+                res.dims(),
+                grad.dims()
+            )
+        }
+        let views = [&q, &k, &v, &res, &grad].map(|t| CpuView::new(t, NAME));
+        let [qv, kv, vv, ov, gv] = views;
+        let (qv, kv, vv, ov, gv) = (qv?, kv?, vv?, ov?, gv?);
+        let (qs, ks, vs) = (qv.slice::<T>()?, kv.slice::<T>()?, vv.slice::<T>()?);
+        let (os, gs) = (ov.slice::<T>()?, gv.slice::<T>()?);
+        let lse = match self.lse.get() {
+            Some(l) => T::cpu_storage_as_slice(l)?.to_vec(),
+            None => self.fwd(qs, ks, vs, dims)?.1,
+        };
+        if lse.len() != dims.b * dims.h * dims.t {
+            bail!("{NAME}: saved statistics do not match q {:?}", q.dims())
+        }
+        let (dq, dk, dv) = self.bwd_t((qs, ks, vs), os, gs, &lse, dims)?;
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = Dims::of(l1.dims(), l2.dims(), l3.dims(), self.offset)?;
+        fn run<T: Real>(
+            op: &AttentionOp,
+            (s1, l1, s2, l2, s3, l3): (
+                &CpuStorage,
+                &Layout,
+                &CpuStorage,
+                &Layout,
+                &CpuStorage,
+                &Layout,
+            ),
+            dims: Dims,
+        ) -> Result<(CpuStorage, Shape)> {
+            let (q, k, v) = (
+                slice::<T>(s1, l1, NAME)?,
+                slice::<T>(s2, l2, NAME)?,
+                slice::<T>(s3, l3, NAME)?,
+            );
+            let (out, lse) = op.fwd(q, k, v, dims)?;
+            let _ = op.lse.set(T::to_cpu_storage_owned(lse));
+            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+        }
+        let args = (s1, l1, s2, l2, s3, l3);
+        match s1.dtype() {
+            DType::F32 => run::<f32>(self, args, dims),
+            DType::F64 => run::<f64>(self, args, dims),
+            dt => bail!("{NAME}: fused kernel supports f32 and f64, got {dt:?}"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        match q.dtype() {
+            DType::F32 => self.bwd_dispatch::<f32>(q, k, v, res, grad),
+            DType::F64 => self.bwd_dispatch::<f64>(q, k, v, res, grad),
+            dt => bail!("{NAME}: fused kernel supports f32 and f64, got {dt:?}"),
+        }
+    }
+}
+
+/// Fused [`crate::ops::causal_attention`], tiled over query blocks. Errors unless `q`, `k`, `v`
+/// are non-empty CPU tensors of one dtype, f32 or f64, with the shapes below.
+///
+/// # Shapes
+/// - `q`: `(B, H, T, D)`; `k`, `v`: `(B, Hkv, S, D)` with `S = offset + T`; returns `(B, H, T, D)`.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
+    Dims::of(q.dims(), k.dims(), v.dims(), offset)?;
+    q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        AttentionOp {
+            offset,
+            lse: OnceLock::new(),
+        },
+    )
+}

@@ -1,0 +1,15 @@
+//! chatforge-train: the optimizer and schedules, batching, the training-event stream, and one
+//! module per stage.
+
+pub mod artifact;
+pub mod batch;
+mod error;
+pub mod events;
+pub mod guard;
+pub mod metrics;
+pub mod optim;
+pub mod prepare;
+pub mod pretrain;
+
+pub use error::{Error, Result};
+pub use events::{StepMetrics, TrainEvent};
