@@ -105,8 +105,18 @@ fn tokenizer(a: TokenizerBenchArgs) -> Result<()> {
     ));
 
     for (name, bpe, n_ranks, pattern) in [
-        ("GPT-2 r50k", tiktoken_rs::r50k_base()?, 50_256u32, GPT2_PATTERN),
-        ("cl100k", tiktoken_rs::cl100k_base()?, 100_256u32, GPT4_PATTERN),
+        (
+            "GPT-2 r50k",
+            tiktoken_rs::r50k_base()?,
+            50_256u32,
+            GPT2_PATTERN,
+        ),
+        (
+            "cl100k",
+            tiktoken_rs::cl100k_base()?,
+            100_256u32,
+            GPT4_PATTERN,
+        ),
     ] {
         let ours = ours_from_tiktoken(&bpe, n_ranks, pattern)?;
         let same = docs

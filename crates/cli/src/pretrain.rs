@@ -125,7 +125,11 @@ fn world_corpus(a: &PretrainArgs, seed: u64) -> Result<(Vec<PathBuf>, Vec<PathBu
 }
 
 /// Trains a tokenizer on `train` unless `path` already holds one.
-fn ensure_tokenizer(path: &std::path::Path, train: &[PathBuf], vocab_size: usize) -> Result<PathBuf> {
+fn ensure_tokenizer(
+    path: &std::path::Path,
+    train: &[PathBuf],
+    vocab_size: usize,
+) -> Result<PathBuf> {
     if !path.exists() {
         crate::tokenizer::train_to(train, vocab_size, false, path)?;
     }

@@ -59,7 +59,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
         let mut io_err = None;
         let g = generate(&loaded.model, &prompt, &params, |id| {
             let written = match dec.push(id) {
-                Ok(piece) => write!(out, "{piece}").and_then(|_| out.flush()).map_err(anyhow::Error::from),
+                Ok(piece) => write!(out, "{piece}")
+                    .and_then(|_| out.flush())
+                    .map_err(anyhow::Error::from),
                 Err(e) => Err(e.into()),
             };
             match written {
@@ -79,7 +81,10 @@ pub fn run(a: SampleArgs) -> Result<()> {
             writeln!(out, "---")?;
         }
         if g.finish == FinishReason::Context {
-            eprintln!("(stopped: the context window of {} tokens is full)", loaded.config.context_length);
+            eprintln!(
+                "(stopped: the context window of {} tokens is full)",
+                loaded.config.context_length
+            );
         }
     }
     Ok(())

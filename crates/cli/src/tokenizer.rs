@@ -40,7 +40,12 @@ fn train(a: TrainArgs) -> Result<()> {
 }
 
 /// Trains a tokenizer of `vocab_size` on `inputs` and writes it to `out`.
-pub fn train_to(inputs: &[PathBuf], vocab_size: usize, skip_bad_records: bool, out: &std::path::Path) -> Result<()> {
+pub fn train_to(
+    inputs: &[PathBuf],
+    vocab_size: usize,
+    skip_bad_records: bool,
+    out: &std::path::Path,
+) -> Result<()> {
     let (docs, stats) = read_documents(inputs, &ReadOptions { skip_bad_records })?;
     let start = Instant::now();
     let refs: Vec<&str> = docs.iter().map(String::as_str).collect();

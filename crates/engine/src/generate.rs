@@ -64,7 +64,10 @@ pub fn generate(
             break;
         }
         let logits = model.forward(&input, Some(&mut cache))?; // (1, T, V)
-        let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.squeeze(1)?.squeeze(0)?; // (V,)
+        let last = logits
+            .narrow(1, logits.dim(1)? - 1, 1)?
+            .squeeze(1)?
+            .squeeze(0)?; // (V,)
         let row = last.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let pick = sampler.sample(&row)?;
         out.tokens.push(pick.token);

@@ -1,11 +1,13 @@
-//! Causal attention with grouped KV heads and a query offset: gradients against finite
-//! differences (f64), the causal mask (future keys have no influence), and shape errors.
+//! Causal attention with grouped KV heads and a query offset: the fused (tiled) kernel and the
+//! composed reference against finite differences (f64) and against each other (f32, strided
+//! inputs, several query blocks), the causal mask (future keys have no influence), and shape
+//! errors.
 
 mod ops_common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use chatforge_data::rng::Rng;
-use chatforge_model::ops::{self, composed};
+use chatforge_model::ops::{self, composed, fused};
 use ops_common::*;
 
 /// `(B, H, Hkv, T, offset, D)`.
@@ -25,10 +27,23 @@ fn qkv(rng: &mut Rng, (b, h, hkv, t, offset, d): Dims, dtype: DType) -> [Tensor;
 fn gradients_match_finite_differences() {
     let mut rng = Rng::new(1);
     // (B, H, Hkv, T, offset, D): plain causal; GQA with an offset (a cached decode of 3 tokens
-    // after 2); multi-query with a single-token decode step.
-    for (b, h, hkv, t, offset, d) in [(2, 2, 2, 4, 0, 3), (1, 4, 2, 3, 2, 4), (1, 2, 1, 1, 3, 2)] {
+    // after 2); multi-query with a single-token decode step; 67 queries = two query blocks of
+    // the fused kernel (64 + 3).
+    let cases = [
+        (2, 2, 2, 4, 0, 3),
+        (1, 4, 2, 3, 2, 4),
+        (1, 2, 1, 1, 3, 2),
+        (1, 2, 1, 67, 4, 2),
+    ];
+    for (b, h, hkv, t, offset, d) in cases {
         let ins = qkv(&mut rng, (b, h, hkv, t, offset, d), DType::F64);
         let what = format!("attention H={h} Hkv={hkv} T={t} offset={offset}");
+        check_gradients(
+            &format!("fused {what}"),
+            &ins,
+            |x| fused::causal_attention(&x[0], &x[1], &x[2], offset),
+            3,
+        );
         check_gradients(
             &what,
             &ins,
@@ -45,29 +60,50 @@ fn gradients_match_finite_differences() {
 }
 
 #[test]
-fn public_matches_composed_f32() {
+fn fused_matches_composed_f32() {
     let mut rng = Rng::new(2);
-    let ins = qkv(&mut rng, (2, 4, 2, 16, 5, 8), DType::F32);
-    check_fused_matches_composed(
-        "attention",
-        &ins,
-        |x| ops::causal_attention(&x[0], &x[1], &x[2], 5),
-        |x| ops::causal_attention(&x[0], &x[1], &x[2], 5),
-        |x| composed::causal_attention(&x[0], &x[1], &x[2], 5),
+    let mut told_apart = false;
+    // (B, H, Hkv, T, offset, D): MHA in one block; GQA over three query blocks with an offset.
+    for dims in [(2, 3, 3, 16, 0, 8), (2, 4, 2, 150, 7, 16)] {
+        let offset = dims.4;
+        let ins = qkv(&mut rng, dims, DType::F32);
+        told_apart |= check_fused_matches_composed(
+            &format!("attention {dims:?}"),
+            &ins,
+            |x| ops::causal_attention(&x[0], &x[1], &x[2], offset),
+            |x| fused::causal_attention(&x[0], &x[1], &x[2], offset),
+            |x| composed::causal_attention(&x[0], &x[1], &x[2], offset),
+            1e-5,
+            1e-4,
+        );
+    }
+    // Strided q, k, v: stored (B, T, H, D) and transposed, as a model's projections are.
+    let q = randn(&mut rng, &[2, 70, 4, 8], 1.0, DType::F32);
+    let k = randn(&mut rng, &[2, 75, 2, 8], 1.0, DType::F32);
+    let v = randn(&mut rng, &[2, 75, 2, 8], 1.0, DType::F32);
+    type Attn = fn(&Tensor, &Tensor, &Tensor, usize) -> candle_core::Result<Tensor>;
+    let strided = |f: Attn| {
+        move |x: &[Tensor]| {
+            f(
+                &x[0].transpose(1, 2)?,
+                &x[1].transpose(1, 2)?,
+                &x[2].transpose(1, 2)?,
+                5,
+            )
+        }
+    };
+    told_apart |= check_fused_matches_composed(
+        "attention, strided",
+        &[q, k, v],
+        strided(ops::causal_attention),
+        strided(fused::causal_attention),
+        strided(composed::causal_attention),
         1e-5,
         1e-4,
     );
-    // Strided q: stored (B, T, H, D) and transposed, as a model's q projection is.
-    let q = randn(&mut rng, &[2, 16, 4, 8], 1.0, DType::F32);
-    let ins = [q, ins[1].clone(), ins[2].clone()];
-    check_fused_matches_composed(
-        "attention, strided q",
-        &ins,
-        |x| ops::causal_attention(&x[0].transpose(1, 2)?, &x[1], &x[2], 5),
-        |x| ops::causal_attention(&x[0].transpose(1, 2)?, &x[1], &x[2], 5),
-        |x| composed::causal_attention(&x[0].transpose(1, 2)?, &x[1], &x[2], 5),
-        1e-5,
-        1e-4,
+    assert!(
+        told_apart,
+        "no input told the fused and composed kernels apart"
     );
 }
 

@@ -103,6 +103,16 @@ fn fused_vs_composed_timings() {
         &|t| fused::softmax_last_dim(&t[0]),
         &|t| composed::softmax_last_dim(&t[0]),
     );
+    let qkv: Vec<Tensor> = [8, 8, 8]
+        .iter()
+        .map(|&b| randn(&mut rng, &[b, 6, 256, 64], 1.0, DType::F32))
+        .collect();
+    report(
+        "attention (8, 6, 256, 64)",
+        &qkv,
+        &|t| fused::causal_attention(&t[0], &t[1], &t[2], 0),
+        &|t| composed::causal_attention(&t[0], &t[1], &t[2], 0),
+    );
     let v = 4096;
     let logits = randn(&mut rng, &[n, v], 2.0, DType::F32);
     let targets: Vec<u32> = (0..n)

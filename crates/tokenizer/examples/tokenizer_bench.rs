@@ -12,7 +12,11 @@ use chatforge_tokenizer::{Tokenizer, TrainConfig};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).cloned().unwrap_or_else(|| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/tinyshakespeare/input.txt").to_string()
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/data/tinyshakespeare/input.txt"
+        )
+        .to_string()
     });
     let mb: f64 = args.get(2).map_or(Ok(4.0), |s| s.parse())?;
     let vocab: usize = args.get(3).map_or(Ok(8192), |s| s.parse())?;
@@ -28,7 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let total_mb = bytes as f64 / 1e6;
-    println!("corpus: {total_mb:.2} MB in {} documents from {path}", docs.len());
+    println!(
+        "corpus: {total_mb:.2} MB in {} documents from {path}",
+        docs.len()
+    );
 
     let t = Instant::now();
     let tok = Tokenizer::train(&docs, &TrainConfig::with_vocab_size(vocab))?;
@@ -65,7 +72,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dt = t.elapsed().as_secs_f64();
     println!("decode: {dt:.3} s, {:.1} MB/s", n as f64 / 1e6 / dt);
 
-    for (name, unit) in [("x", "x"), ("^", "^"), ("space", " "), ("digit", "7"), ("newline", "\n"), ("' a", "' a")] {
+    for (name, unit) in [
+        ("x", "x"),
+        ("^", "^"),
+        ("space", " "),
+        ("digit", "7"),
+        ("newline", "\n"),
+        ("' a", "' a"),
+    ] {
         let mut times = Vec::new();
         for n in [500_000usize, 1_000_000, 2_000_000] {
             let s = unit.repeat(n / unit.len());

@@ -87,7 +87,10 @@ impl Merges {
 
     #[inline]
     fn rank(&self, left: u32, right: u32) -> u32 {
-        self.ranks.get(&pair_key(left, right)).copied().unwrap_or(NONE)
+        self.ranks
+            .get(&pair_key(left, right))
+            .copied()
+            .unwrap_or(NONE)
     }
 
     /// Encodes one chunk whose bytes have already been mapped to their byte ids; appends the

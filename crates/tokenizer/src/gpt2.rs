@@ -28,7 +28,8 @@ pub fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut extra = 0u32;
     for b in 0..256u32 {
-        let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let printable =
+            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
         let code = if printable {
             b
         } else {
@@ -41,12 +42,18 @@ pub fn bytes_to_unicode() -> [char; 256] {
 }
 
 fn vocab_err(line: usize, message: impl Into<String>) -> Error {
-    Error::Vocab { line, message: message.into() }
+    Error::Vocab {
+        line,
+        message: message.into(),
+    }
 }
 
 impl Tokenizer {
     /// Loads GPT-2's `encoder.json` and `vocab.bpe` (with [`GPT2_PATTERN`]).
-    pub fn from_gpt2_files(encoder_json: impl AsRef<Path>, vocab_bpe: impl AsRef<Path>) -> Result<Tokenizer> {
+    pub fn from_gpt2_files(
+        encoder_json: impl AsRef<Path>,
+        vocab_bpe: impl AsRef<Path>,
+    ) -> Result<Tokenizer> {
         let (enc_path, bpe_path) = (encoder_json.as_ref(), vocab_bpe.as_ref());
         let encoder = read_capped(enc_path)?;
         let merges = read_capped(bpe_path)?;
@@ -119,17 +126,26 @@ impl Tokenizer {
             .map(|(r, t)| t.ok_or_else(|| vocab_err(0, format!("no token has rank {r}"))))
             .collect::<Result<_>>()?;
         if tokens.len() < 256 {
-            return Err(vocab_err(0, format!("{} tokens, fewer than the 256 bytes", tokens.len())));
+            return Err(vocab_err(
+                0,
+                format!("{} tokens, fewer than the 256 bytes", tokens.len()),
+            ));
         }
         let mut byte_ids = [u32::MAX; 256];
         for (r, t) in tokens[..256].iter().enumerate() {
             if t.len() != 1 || byte_ids[t[0] as usize] != u32::MAX {
-                return Err(vocab_err(0, format!("rank {r} must be a distinct single byte")));
+                return Err(vocab_err(
+                    0,
+                    format!("rank {r} must be a distinct single byte"),
+                ));
             }
             byte_ids[t[0] as usize] = r as u32;
         }
-        let rank_of: HashMap<&[u8], u32> =
-            tokens.iter().enumerate().map(|(r, t)| (t.as_slice(), r as u32)).collect();
+        let rank_of: HashMap<&[u8], u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(r, t)| (t.as_slice(), r as u32))
+            .collect();
         if rank_of.len() != tokens.len() {
             return Err(vocab_err(0, "two ranks have the same bytes"));
         }
@@ -153,7 +169,11 @@ impl Tokenizer {
 
 /// tiktoken's `byte_pair_merge` restricted to ranks below `max_rank`: the parts `token` is
 /// encoded into before the token itself can be formed.
-fn split_below_rank<'a>(token: &'a [u8], max_rank: u32, rank_of: &HashMap<&[u8], u32>) -> Vec<&'a [u8]> {
+fn split_below_rank<'a>(
+    token: &'a [u8],
+    max_rank: u32,
+    rank_of: &HashMap<&[u8], u32>,
+) -> Vec<&'a [u8]> {
     let mut bounds: Vec<usize> = (0..=token.len()).collect();
     loop {
         let mut best: Option<(u32, usize)> = None;
@@ -178,25 +198,40 @@ fn parse_encoder(text: &str) -> Result<HashMap<String, u32>> {
     serde_json::from_str(text).map_err(|e| vocab_err(e.line(), format!("encoder.json: {e}")))
 }
 
-fn gpt2_from_parsed(encoder: &HashMap<String, u32>, vocab_bpe: &str, pattern: &str) -> Result<Tokenizer> {
+fn gpt2_from_parsed(
+    encoder: &HashMap<String, u32>,
+    vocab_bpe: &str,
+    pattern: &str,
+) -> Result<Tokenizer> {
     let mut seen = vec![false; encoder.len()];
     for (key, &id) in encoder {
         let slot = seen.get_mut(id as usize).ok_or_else(|| {
-            vocab_err(0, format!("id {id} of {key:?} is not below the number of entries, {}", encoder.len()))
+            vocab_err(
+                0,
+                format!(
+                    "id {id} of {key:?} is not below the number of entries, {}",
+                    encoder.len()
+                ),
+            )
         })?;
         if std::mem::replace(slot, true) {
             return Err(vocab_err(0, format!("id {id} is used twice")));
         }
     }
     let to_char = bytes_to_unicode();
-    let from_char: HashMap<char, u8> = to_char.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
-    let decode = |s: &str| -> Option<Vec<u8>> { s.chars().map(|c| from_char.get(&c).copied()).collect() };
+    let from_char: HashMap<char, u8> = to_char
+        .iter()
+        .enumerate()
+        .map(|(b, &c)| (c, b as u8))
+        .collect();
+    let decode =
+        |s: &str| -> Option<Vec<u8>> { s.chars().map(|c| from_char.get(&c).copied()).collect() };
 
     let mut byte_ids = [0u32; 256];
     for (b, c) in to_char.iter().enumerate() {
-        byte_ids[b] = *encoder
-            .get(c.to_string().as_str())
-            .ok_or_else(|| vocab_err(0, format!("encoder.json has no entry for byte {b} ({c:?})")))?;
+        byte_ids[b] = *encoder.get(c.to_string().as_str()).ok_or_else(|| {
+            vocab_err(0, format!("encoder.json has no entry for byte {b} ({c:?})"))
+        })?;
     }
     let mut merges = Vec::new();
     for (i, line) in vocab_bpe.lines().enumerate() {
@@ -205,7 +240,11 @@ fn gpt2_from_parsed(encoder: &HashMap<String, u32>, vocab_bpe: &str, pattern: &s
             continue;
         }
         if merges.len() >= MAX_MERGES {
-            return Err(Error::TooMany { what: "merges", count: merges.len() + 1, max: MAX_MERGES });
+            return Err(Error::TooMany {
+                what: "merges",
+                count: merges.len() + 1,
+                max: MAX_MERGES,
+            });
         }
         let (a, b) = line
             .split_once(' ')
@@ -229,21 +268,33 @@ fn gpt2_from_parsed(encoder: &HashMap<String, u32>, vocab_bpe: &str, pattern: &s
         merges.push((left, right));
     }
     let first_special = 256 + merges.len() as u64;
-    let mut extra: Vec<(u32, &str)> =
-        encoder.iter().filter(|(_, &id)| u64::from(id) >= first_special).map(|(s, &id)| (id, s.as_str())).collect();
+    let mut extra: Vec<(u32, &str)> = encoder
+        .iter()
+        .filter(|(_, &id)| u64::from(id) >= first_special)
+        .map(|(s, &id)| (id, s.as_str()))
+        .collect();
     extra.sort_unstable();
     let mut specials = Vec::with_capacity(extra.len() + Special::COUNT);
     for (id, key) in extra {
         let text = decode(key)
             .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| vocab_err(0, format!("special token {key:?} does not decode to UTF-8 text")))?;
+            .ok_or_else(|| {
+                vocab_err(
+                    0,
+                    format!("special token {key:?} does not decode to UTF-8 text"),
+                )
+            })?;
         let role = (text == "<|endoftext|>").then_some(Special::Eot);
         specials.push(SpecialToken { id, text, role });
     }
     for role in Special::ALL {
         if !specials.iter().any(|s| s.role == Some(role)) {
             let id = (first_special + specials.len() as u64) as u32;
-            specials.push(SpecialToken { id, text: role.as_str().to_string(), role: Some(role) });
+            specials.push(SpecialToken {
+                id,
+                text: role.as_str().to_string(),
+                role: Some(role),
+            });
         }
     }
     // `from_parts` checks the rest: byte ids form a permutation, every merge refers to earlier

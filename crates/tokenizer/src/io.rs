@@ -95,17 +95,25 @@ impl Tokenizer {
             });
         }
         let file: File = serde_json::from_str(text)?;
-        let byte_ids: [u32; 256] = file.byte_ids.as_slice().try_into().map_err(|_| Error::ByteIds {
-            reason: format!("{} entries, expected 256", file.byte_ids.len()),
-        })?;
+        let byte_ids: [u32; 256] =
+            file.byte_ids
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::ByteIds {
+                    reason: format!("{} entries, expected 256", file.byte_ids.len()),
+                })?;
         Tokenizer::from_parts(&file.pattern, byte_ids, file.merges, file.specials)
     }
 
     /// Writes the tokenizer to `path` atomically (temporary file, fsync, rename).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        chatforge_data::atomic::write_atomic(path, self.to_json().as_bytes())
-            .map_err(|source| Error::Io { path: path.to_path_buf(), source })
+        chatforge_data::atomic::write_atomic(path, self.to_json().as_bytes()).map_err(|source| {
+            Error::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
     }
 
     /// Reads and validates a tokenizer file written by [`Tokenizer::save`].
@@ -127,10 +135,17 @@ impl Tokenizer {
 
 /// Reads a UTF-8 text file of at most [`MAX_FILE_BYTES`].
 pub(crate) fn read_capped(path: &Path) -> Result<String> {
-    let io_err = |source| Error::Io { path: path.to_path_buf(), source };
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let size = std::fs::metadata(path).map_err(io_err)?.len();
     if size > MAX_FILE_BYTES {
-        return Err(Error::FileTooLarge { size, max: MAX_FILE_BYTES }.in_file(path));
+        return Err(Error::FileTooLarge {
+            size,
+            max: MAX_FILE_BYTES,
+        }
+        .in_file(path));
     }
     std::fs::read_to_string(path).map_err(io_err)
 }

@@ -14,6 +14,8 @@
 //! assert_eq!(tok.encode_with_special("<|eot|>"), [tok.special(Special::Eot)]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod bpe;
 pub mod error;
 pub mod gpt2;

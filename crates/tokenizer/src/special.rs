@@ -139,7 +139,11 @@ impl SpecialMatcher {
     /// Splits `text` into ordinary pieces and special ids, calling `f` on each in order.
     pub(crate) fn split<'t>(&self, text: &'t str, mut f: impl FnMut(Piece<'t>)) {
         // next[k]: byte offset of the next occurrence of special k at or after `pos`, if any.
-        let mut next: Vec<Option<usize>> = self.texts.iter().map(|(t, _)| text.find(t.as_str())).collect();
+        let mut next: Vec<Option<usize>> = self
+            .texts
+            .iter()
+            .map(|(t, _)| text.find(t.as_str()))
+            .collect();
         let mut pos = 0;
         loop {
             let mut best: Option<(usize, usize)> = None; // (start, k)
@@ -153,7 +157,8 @@ impl SpecialMatcher {
                     let better = match best {
                         None => true,
                         Some((bs, bk)) => {
-                            start < bs || (start == bs && self.texts[k].0.len() > self.texts[bk].0.len())
+                            start < bs
+                                || (start == bs && self.texts[k].0.len() > self.texts[bk].0.len())
                         }
                     };
                     if better {
@@ -198,9 +203,21 @@ mod tests {
     #[test]
     fn matcher_leftmost_longest() {
         let specials = vec![
-            SpecialToken { id: 10, text: "<|a|>".into(), role: None },
-            SpecialToken { id: 11, text: "<|a|><|b|>".into(), role: None },
-            SpecialToken { id: 12, text: "<|b|>".into(), role: None },
+            SpecialToken {
+                id: 10,
+                text: "<|a|>".into(),
+                role: None,
+            },
+            SpecialToken {
+                id: 11,
+                text: "<|a|><|b|>".into(),
+                role: None,
+            },
+            SpecialToken {
+                id: 12,
+                text: "<|b|>".into(),
+                role: None,
+            },
         ];
         let m = SpecialMatcher::new(&specials);
         let mut out = Vec::new();

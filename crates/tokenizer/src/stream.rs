@@ -30,7 +30,11 @@ pub struct StreamDecoder<T: Borrow<Tokenizer>> {
 impl<T: Borrow<Tokenizer>> StreamDecoder<T> {
     /// A decoder with nothing pending.
     pub fn new(tokenizer: T) -> Self {
-        StreamDecoder { tokenizer, pending: Vec::new(), replacements: 0 }
+        StreamDecoder {
+            tokenizer,
+            pending: Vec::new(),
+            replacements: 0,
+        }
     }
 
     /// Adds one id; returns the text it completes (often empty while a character is
@@ -51,7 +55,9 @@ impl<T: Borrow<Tokenizer>> StreamDecoder<T> {
             // An invalid run at the very end is either garbage or an unfinished character;
             // `from_utf8` tells them apart (`error_len() == None` means "input ended early").
             let unfinished = at_end
-                && std::str::from_utf8(invalid).err().is_some_and(|e| e.error_len().is_none());
+                && std::str::from_utf8(invalid)
+                    .err()
+                    .is_some_and(|e| e.error_len().is_none());
             if unfinished {
                 keep = invalid.len();
             } else {

@@ -57,7 +57,11 @@ impl Tokenizer {
     ) -> Result<Tokenizer> {
         let splitter = Splitter::new(pattern)?;
         if merges.len() > MAX_MERGES {
-            return Err(Error::TooMany { what: "merges", count: merges.len(), max: MAX_MERGES });
+            return Err(Error::TooMany {
+                what: "merges",
+                count: merges.len(),
+                max: MAX_MERGES,
+            });
         }
         if specials.len() > MAX_SPECIALS {
             return Err(Error::TooMany {
@@ -72,7 +76,9 @@ impl Tokenizer {
                 reason: format!("byte {b} has id {id}, not below 256"),
             })?;
             if !slot.is_empty() {
-                return Err(Error::ByteIds { reason: format!("id {id} is used by two bytes") });
+                return Err(Error::ByteIds {
+                    reason: format!("id {id} is used by two bytes"),
+                });
             }
             slot.push(b as u8);
         }
@@ -80,17 +86,28 @@ impl Tokenizer {
         let mut total_bytes = 256usize;
         tokens.reserve(merges.len());
         for (rank, &(left, right)) in merges.iter().enumerate() {
-            let bad = |reason: String| Error::BadMerge { rank, left, right, reason };
+            let bad = |reason: String| Error::BadMerge {
+                rank,
+                left,
+                right,
+                reason,
+            };
             let limit = 256 + rank;
             if left as usize >= limit || right as usize >= limit {
-                return Err(bad(format!("refers to an id not defined before it (must be < {limit})")));
+                return Err(bad(format!(
+                    "refers to an id not defined before it (must be < {limit})"
+                )));
             }
             if let Some(first) = seen.insert(crate::bpe::pair_key(left, right), rank) {
                 return Err(bad(format!("repeats merge {first}")));
             }
             let len = tokens[left as usize].len() + tokens[right as usize].len();
             if len > MAX_TOKEN_BYTES {
-                return Err(Error::TokenTooLong { rank, len, max: MAX_TOKEN_BYTES });
+                return Err(Error::TokenTooLong {
+                    rank,
+                    len,
+                    max: MAX_TOKEN_BYTES,
+                });
             }
             total_bytes += len;
             if total_bytes > MAX_VOCAB_BYTES {
@@ -205,8 +222,9 @@ impl Tokenizer {
     }
 
     fn encode_ordinary_into(&self, text: &str, scratch: &mut Vec<u32>, out: &mut Vec<u32>) {
-        self.splitter
-            .for_each_chunk(text, |chunk| self.encode_chunk(chunk.as_bytes(), scratch, out));
+        self.splitter.for_each_chunk(text, |chunk| {
+            self.encode_chunk(chunk.as_bytes(), scratch, out)
+        });
     }
 
     fn encode_chunk(&self, chunk: &[u8], scratch: &mut Vec<u32>, out: &mut Vec<u32>) {
@@ -228,8 +246,9 @@ impl Tokenizer {
     /// (e.g. a sequence that ends inside a multi-byte character).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         let bytes = self.decode_bytes(ids)?;
-        String::from_utf8(bytes)
-            .map_err(|e| Error::InvalidUtf8 { valid_up_to: e.utf8_error().valid_up_to() })
+        String::from_utf8(bytes).map_err(|e| Error::InvalidUtf8 {
+            valid_up_to: e.utf8_error().valid_up_to(),
+        })
     }
 
     /// The bytes of one id.
@@ -240,7 +259,10 @@ impl Tokenizer {
         } else if let Some(s) = self.specials.get(i - self.tokens.len()) {
             Ok(s.text.as_bytes())
         } else {
-            Err(Error::UnknownId { id, vocab_size: self.vocab_size() })
+            Err(Error::UnknownId {
+                id,
+                vocab_size: self.vocab_size(),
+            })
         }
     }
 }
@@ -252,13 +274,23 @@ fn check_specials(specials: &[SpecialToken], first_id: usize) -> Result<[u32; Sp
     for (i, s) in specials.iter().enumerate() {
         let expected = (first_id + i) as u64;
         if u64::from(s.id) != expected {
-            return Err(Error::SpecialId { text: s.text.clone(), id: u64::from(s.id), expected });
+            return Err(Error::SpecialId {
+                text: s.text.clone(),
+                id: u64::from(s.id),
+                expected,
+            });
         }
         if s.text.is_empty() {
-            return Err(Error::BadSpecial { text: String::new(), reason: "empty text".into() });
+            return Err(Error::BadSpecial {
+                text: String::new(),
+                reason: "empty text".into(),
+            });
         }
         if !texts.insert(s.text.as_str()) {
-            return Err(Error::BadSpecial { text: s.text.clone(), reason: "defined twice".into() });
+            return Err(Error::BadSpecial {
+                text: s.text.clone(),
+                reason: "defined twice".into(),
+            });
         }
         if let Some(role) = s.role {
             if roles[role.index()] != u32::MAX {
@@ -271,7 +303,9 @@ fn check_specials(specials: &[SpecialToken], first_id: usize) -> Result<[u32; Sp
         }
     }
     if let Some(missing) = Special::ALL.iter().find(|r| roles[r.index()] == u32::MAX) {
-        return Err(Error::MissingRole { role: missing.name() });
+        return Err(Error::MissingRole {
+            role: missing.name(),
+        });
     }
     Ok(roles)
 }

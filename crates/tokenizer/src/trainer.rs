@@ -58,7 +58,10 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// The default settings with the given vocabulary size.
     pub fn with_vocab_size(vocab_size: usize) -> TrainConfig {
-        TrainConfig { vocab_size, ..TrainConfig::default() }
+        TrainConfig {
+            vocab_size,
+            ..TrainConfig::default()
+        }
     }
 
     /// Number of merges this configuration asks for.
@@ -88,7 +91,9 @@ impl TrainConfig {
             )));
         }
         if self.min_frequency == 0 {
-            return Err(Error::TrainConfig("min_frequency must be at least 1".into()));
+            return Err(Error::TrainConfig(
+                "min_frequency must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -114,12 +119,20 @@ impl Tokenizer {
             *id = b as u32;
         }
         let first_special = (256 + merges.len()) as u32;
-        Tokenizer::from_parts(&config.pattern, byte_ids, merges, default_specials(first_special))
+        Tokenizer::from_parts(
+            &config.pattern,
+            byte_ids,
+            merges,
+            default_specials(first_special),
+        )
     }
 }
 
 /// Distinct chunks of all documents with their counts, sorted by bytes.
-fn count_chunks<'d, S: AsRef<str> + Sync>(splitter: &Splitter, docs: &'d [S]) -> Vec<(&'d str, u64)> {
+fn count_chunks<'d, S: AsRef<str> + Sync>(
+    splitter: &Splitter,
+    docs: &'d [S],
+) -> Vec<(&'d str, u64)> {
     let counts = docs
         .par_iter()
         .fold(FxMap::<&'d str, u64>::default, |mut map, doc| {
@@ -172,9 +185,14 @@ impl Eq for Candidate {}
 /// The merge loop. Returns the merges in rank order (merge `r` creates id `256 + r`).
 fn learn_merges(chunks: &[(&str, u64)], config: &TrainConfig) -> Vec<(u32, u32)> {
     let target = config.num_merges();
-    let mut words: Vec<Vec<u32>> =
-        chunks.iter().map(|(c, _)| c.bytes().map(u32::from).collect()).collect();
-    let freq: Vec<i64> = chunks.iter().map(|&(_, n)| n.min(i64::MAX as u64) as i64).collect();
+    let mut words: Vec<Vec<u32>> = chunks
+        .iter()
+        .map(|(c, _)| c.bytes().map(u32::from).collect())
+        .collect();
+    let freq: Vec<i64> = chunks
+        .iter()
+        .map(|&(_, n)| n.min(i64::MAX as u64) as i64)
+        .collect();
 
     let mut counts: PairMap<i64> = PairMap::default();
     let mut where_: PairMap<Vec<u32>> = PairMap::default();
@@ -213,7 +231,10 @@ fn learn_merges(chunks: &[(&str, u64)], config: &TrainConfig) -> Vec<(u32, u32)>
         let current = counts.get(&top.pair).copied().unwrap_or(0);
         if current != top.count {
             if current > 0 {
-                heap.push(Candidate { count: current, ..top });
+                heap.push(Candidate {
+                    count: current,
+                    ..top
+                });
             }
             continue;
         }
@@ -272,9 +293,7 @@ fn learn_merges(chunks: &[(&str, u64)], config: &TrainConfig) -> Vec<(u32, u32)>
             let count = *entry;
             if count <= 0 {
                 counts.remove(&key);
-            } else if ((key >> 32) as u32 == new_id || key as u32 == new_id)
-                && key != top.pair
-            {
+            } else if ((key >> 32) as u32 == new_id || key as u32 == new_id) && key != top.pair {
                 if let Some(c) = candidate(&vocab, key, count) {
                     heap.push(c);
                 }
@@ -296,7 +315,10 @@ mod tests {
         let tok = Tokenizer::train(&["aaabdaaabac"], &cfg).unwrap();
         let (a, b) = (u32::from(b'a'), u32::from(b'b'));
         assert_eq!(tok.merges(), &[(a, a), (a, b), (256, 257)]);
-        assert_eq!(tok.encode("aaabdaaabac"), [258, u32::from(b'd'), 258, a, u32::from(b'c')]);
+        assert_eq!(
+            tok.encode("aaabdaaabac"),
+            [258, u32::from(b'd'), 258, a, u32::from(b'c')]
+        );
         assert_eq!(tok.vocab_size(), 256 + 3 + Special::COUNT);
         assert_eq!(tok.special(Special::Bos), 259);
     }
@@ -304,7 +326,10 @@ mod tests {
     #[test]
     fn too_small_vocab_is_an_error() {
         let cfg = TrainConfig::with_vocab_size(260);
-        assert!(matches!(Tokenizer::train(&["x"], &cfg), Err(Error::TrainConfig(_))));
+        assert!(matches!(
+            Tokenizer::train(&["x"], &cfg),
+            Err(Error::TrainConfig(_))
+        ));
     }
 
     #[test]
@@ -318,7 +343,10 @@ mod tests {
 
     #[test]
     fn max_token_bytes_is_respected() {
-        let cfg = TrainConfig { max_token_bytes: 4, ..TrainConfig::with_vocab_size(400) };
+        let cfg = TrainConfig {
+            max_token_bytes: 4,
+            ..TrainConfig::with_vocab_size(400)
+        };
         let tok = Tokenizer::train(&["x".repeat(1000)], &cfg).unwrap();
         assert!(tok.tokens.iter().all(|t| t.len() <= 4));
         assert_eq!(tok.num_merges(), 2); // xx, xxxx

@@ -59,7 +59,10 @@ fn python_bytes_to_unicode() -> BTreeMap<u8, char> {
             n += 1;
         }
     }
-    bs.into_iter().zip(cs).map(|(b, c)| (b as u8, char::from_u32(c).unwrap())).collect()
+    bs.into_iter()
+        .zip(cs)
+        .map(|(b, c)| (b as u8, char::from_u32(c).unwrap()))
+        .collect()
 }
 
 fn texts() -> Vec<String> {
@@ -92,22 +95,31 @@ fn texts() -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     // Random strings over a mixed alphabet, so that rare splits are exercised too.
-    let alphabet: Vec<char> =
-        "aAbBzZ 0123456789'.,!?-_\n\t\r  éßжλ中日😀👍🏽\u{200d}\u{a0}<|>".chars().collect();
+    let alphabet: Vec<char> = "aAbBzZ 0123456789'.,!?-_\n\t\r  éßжλ中日😀👍🏽\u{200d}\u{a0}<|>"
+        .chars()
+        .collect();
     let mut rng = chatforge_data::Rng::new(11);
     for _ in 0..300 {
         let len = rng.below(80) as usize;
-        v.push((0..len).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect());
+        v.push(
+            (0..len)
+                .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
+                .collect(),
+        );
     }
     v
 }
 
 fn shakespeare() -> Option<String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/tinyshakespeare/input.txt");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/tinyshakespeare/input.txt");
     match std::fs::read_to_string(&path) {
         Ok(s) => Some(s),
         Err(e) => {
-            eprintln!("SKIPPED the tinyshakespeare part: {} not readable ({e})", path.display());
+            eprintln!(
+                "SKIPPED the tinyshakespeare part: {} not readable ({e})",
+                path.display()
+            );
             None
         }
     }
@@ -165,7 +177,10 @@ fn gpt2_files_from_ranks_load_identically() {
     encoder.insert("<|endoftext|>".into(), 50256.into());
     let mut vocab_bpe = String::from("#version: 0.2\n");
     for &(l, r) in from_ranks.merges() {
-        let (l, r) = (from_ranks.token_bytes(l).unwrap(), from_ranks.token_bytes(r).unwrap());
+        let (l, r) = (
+            from_ranks.token_bytes(l).unwrap(),
+            from_ranks.token_bytes(r).unwrap(),
+        );
         vocab_bpe.push_str(&format!("{} {}\n", to_str(l), to_str(r)));
     }
     let encoder_json = serde_json::Value::Object(encoder).to_string();
@@ -190,10 +205,13 @@ fn real_gpt2_files_match() {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
     let found = home.and_then(|h| {
-        std::fs::read_dir(h.join("registry/src")).ok()?.flatten().find_map(|index| {
-            let dir = index.path().join("tiktoken-rs-0.12.1/assets");
-            dir.join("vocab.bpe").is_file().then_some(dir)
-        })
+        std::fs::read_dir(h.join("registry/src"))
+            .ok()?
+            .flatten()
+            .find_map(|index| {
+                let dir = index.path().join("tiktoken-rs-0.12.1/assets");
+                dir.join("vocab.bpe").is_file().then_some(dir)
+            })
     });
     let Some(dir) = found else {
         eprintln!("SKIPPED: tiktoken-rs-0.12.1/assets/{{encoder.json,vocab.bpe}} not found under $CARGO_HOME");

@@ -16,7 +16,7 @@ fn main() -> anyhow::Result<()> {
     let x = Tensor::from_vec(ids.clone(), (b, t), &Device::Cpu)?;
     let y = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
     let mut opt = AdamW::new(OptimConfig::default());
-    for _ in 0..4 {
+    for _ in 0..8 {
         let t0 = Instant::now();
         let loss = model.loss(&x, &y)?;
         let _ = loss.to_scalar::<f32>()?;

@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use chatforge_model::checkpoint::{
-    latest_checkpoint, safetensors_from_bytes, save_checkpoint, tensors_to_safetensors,
-    Checkpoint,
+    latest_checkpoint, safetensors_from_bytes, save_checkpoint, tensors_to_safetensors, Checkpoint,
 };
 use chatforge_model::{Gpt, GptConfig, Params};
 use chatforge_tokenizer::Tokenizer;
@@ -82,7 +81,10 @@ pub fn save(req: SaveRequest<'_>) -> Result<PathBuf> {
     }
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("model.safetensors", tensors_to_safetensors(&weights)?),
-        ("optimizer.safetensors", tensors_to_safetensors(&opt_tensors)?),
+        (
+            "optimizer.safetensors",
+            tensors_to_safetensors(&opt_tensors)?,
+        ),
         ("config.json", json(req.model_config)?),
         ("tokenizer.json", req.tokenizer.to_json().into_bytes()),
         ("meta.json", json(&req.meta)?),
@@ -177,8 +179,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
             ),
         });
     }
-    let tensors =
-        safetensors_from_bytes(&checkpoint.read("model.safetensors")?, &Device::Cpu)?;
+    let tensors = safetensors_from_bytes(&checkpoint.read("model.safetensors")?, &Device::Cpu)?;
     let params = Params::from_tensors(tensors)?;
     params.check(&Params::expected_shapes(&config))?;
     // Inference: weights enter the graph as constants, so the KV cache holds no autograd graph.

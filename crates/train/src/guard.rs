@@ -112,10 +112,15 @@ mod tests {
         let mut opt = AdamW::new(OptimConfig::default());
         let mut guard = Guard::default();
         let mut good = BTreeMap::from([("w".to_string(), vec![0.1f32, -0.2, 0.3, 0.0])]);
-        let (v, _) = guarded_update(&mut guard, &mut opt, &vars, &mut good, 1.0, 0.01, 1.0).unwrap();
+        let (v, _) =
+            guarded_update(&mut guard, &mut opt, &vars, &mut good, 1.0, 0.01, 1.0).unwrap();
         assert_eq!(v, Verdict::Apply);
         let (w_before, opt_before, guard_seen) = (
-            var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            var.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
             opt.clone(),
             guard.seen,
         );
@@ -125,20 +130,31 @@ mod tests {
                 guarded_update(&mut guard, &mut opt, &vars, &mut g, 1.0, 0.01, 1.0).unwrap();
             assert!(matches!(v, Verdict::Skip(_)), "{v:?}");
             assert!(!norm.is_finite());
-            let w = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let w = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             assert_eq!(w, w_before);
             assert_eq!(opt, opt_before);
             assert_eq!(guard.seen, guard_seen);
         }
         let mut g = good.clone();
-        let (v, _) = guarded_update(&mut guard, &mut opt, &vars, &mut g, f64::NAN, 0.01, 1.0).unwrap();
+        let (v, _) =
+            guarded_update(&mut guard, &mut opt, &vars, &mut g, f64::NAN, 0.01, 1.0).unwrap();
         assert!(matches!(v, Verdict::Skip(_)));
         assert_eq!(opt, opt_before);
         // A finite step afterwards moves the weights again.
-        let (v, _) = guarded_update(&mut guard, &mut opt, &vars, &mut good, 1.0, 0.01, 1.0).unwrap();
+        let (v, _) =
+            guarded_update(&mut guard, &mut opt, &vars, &mut good, 1.0, 0.01, 1.0).unwrap();
         assert_eq!(v, Verdict::Apply);
         assert_ne!(
-            var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            var.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
             w_before
         );
     }

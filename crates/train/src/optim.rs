@@ -232,7 +232,10 @@ impl AdamW {
     }
 
     /// The moments as tensors (`m.<name>`, `v.<name>`) for a checkpoint, plus the step count.
-    pub fn state_tensors(&self, params: &BTreeMap<String, Var>) -> Result<(BTreeMap<String, Tensor>, u64)> {
+    pub fn state_tensors(
+        &self,
+        params: &BTreeMap<String, Var>,
+    ) -> Result<(BTreeMap<String, Tensor>, u64)> {
         let mut out = BTreeMap::new();
         for (name, mo) in &self.moments {
             let shape = params
@@ -240,8 +243,14 @@ impl AdamW {
                 .ok_or_else(|| Error::State(format!("optimizer has moments for unknown {name}")))?
                 .shape()
                 .clone();
-            out.insert(format!("m.{name}"), Tensor::from_slice(&mo.m, shape.clone(), &Device::Cpu)?);
-            out.insert(format!("v.{name}"), Tensor::from_slice(&mo.v, shape, &Device::Cpu)?);
+            out.insert(
+                format!("m.{name}"),
+                Tensor::from_slice(&mo.m, shape.clone(), &Device::Cpu)?,
+            );
+            out.insert(
+                format!("v.{name}"),
+                Tensor::from_slice(&mo.v, shape, &Device::Cpu)?,
+            );
         }
         Ok((out, self.step))
     }
@@ -319,7 +328,10 @@ mod tests {
         let mut opt = AdamW::new(OptimConfig::default());
         opt.step(&params, &grads, 0.1).unwrap();
         let p = var.as_tensor().to_vec1::<f32>().unwrap();
-        let expect = [1.0 - 0.1 * 0.5 / (0.5 + 1e-8), -2.0 + 0.1 * 0.1 / (0.1 + 1e-8)];
+        let expect = [
+            1.0 - 0.1 * 0.5 / (0.5 + 1e-8),
+            -2.0 + 0.1 * 0.1 / (0.1 + 1e-8),
+        ];
         assert!((p[0] as f64 - expect[0]).abs() < 1e-6, "{p:?}");
         assert!((p[1] as f64 - expect[1]).abs() < 1e-6, "{p:?}");
     }
@@ -328,12 +340,28 @@ mod tests {
     fn weight_decay_touches_matrices_only() {
         let mat = Var::from_slice(&[1.0f32; 4], (2, 2), &Device::Cpu).unwrap();
         let vec = Var::from_slice(&[1.0f32; 2], 2, &Device::Cpu).unwrap();
-        let params = BTreeMap::from([("m".to_string(), mat.clone()), ("v".to_string(), vec.clone())]);
-        let grads = BTreeMap::from([("m".to_string(), vec![0.0f32; 4]), ("v".to_string(), vec![0.0f32; 2])]);
-        let mut opt = AdamW::new(OptimConfig { weight_decay: 0.5, ..Default::default() });
+        let params = BTreeMap::from([
+            ("m".to_string(), mat.clone()),
+            ("v".to_string(), vec.clone()),
+        ]);
+        let grads = BTreeMap::from([
+            ("m".to_string(), vec![0.0f32; 4]),
+            ("v".to_string(), vec![0.0f32; 2]),
+        ]);
+        let mut opt = AdamW::new(OptimConfig {
+            weight_decay: 0.5,
+            ..Default::default()
+        });
         opt.step(&params, &grads, 0.1).unwrap();
         // Zero gradient ⇒ only decay moves p: matrix 1 · (1 − 0.1·0.5) = 0.95, vector untouched.
-        assert_eq!(mat.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.95f32; 4]);
+        assert_eq!(
+            mat.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            vec![0.95f32; 4]
+        );
         assert_eq!(vec.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0f32; 2]);
     }
 

@@ -51,8 +51,7 @@ pub fn prepare_shards(spec: &CorpusSpec, tok: &Tokenizer, dir: &Path) -> Result<
     let val_docs = if spec.val.is_empty() {
         if train_docs.len() < 2 {
             return Err(Error::Data(
-                "need at least two documents to hold one out for validation (or pass --val)"
-                    .into(),
+                "need at least two documents to hold one out for validation (or pass --val)".into(),
             ));
         }
         let n_val = ((train_docs.len() as f64 * spec.val_fraction).ceil() as usize)
@@ -70,7 +69,11 @@ pub fn prepare_shards(spec: &CorpusSpec, tok: &Tokenizer, dir: &Path) -> Result<
         return Err(Error::Data("no training or validation documents".into()));
     }
     let mut h = Sha256::new();
-    for d in train_docs.iter().chain([&String::from("\u{0}val\u{0}")]).chain(&val_docs) {
+    for d in train_docs
+        .iter()
+        .chain([&String::from("\u{0}val\u{0}")])
+        .chain(&val_docs)
+    {
         h.update((d.len() as u64).to_le_bytes());
         h.update(d.as_bytes());
     }

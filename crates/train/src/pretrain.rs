@@ -119,7 +119,10 @@ impl PretrainConfig {
             }
         }
         if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
-            return Err(Error::Config(format!("optim.lr must be > 0, got {}", self.optim.lr)));
+            return Err(Error::Config(format!(
+                "optim.lr must be > 0, got {}",
+                self.optim.lr
+            )));
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return Err(Error::Config("val_fraction must be in [0, 1)".into()));
@@ -331,7 +334,8 @@ pub fn run(
 
         let last = state.step == cfg.steps;
         if state.step % cfg.eval_every == 0 || last {
-            let (val_loss, val_bpb) = evaluate(&frozen(&params, &model_cfg)?, &val_rows, &token_bytes)?;
+            let (val_loss, val_bpb) =
+                evaluate(&frozen(&params, &model_cfg)?, &val_rows, &token_bytes)?;
             metrics.append_eval(state.step, val_loss, val_bpb)?;
             last_eval = Some((val_loss, val_bpb));
             on_event(&TrainEvent::Eval {
@@ -485,7 +489,11 @@ fn sample(model: &Gpt, tok: &Tokenizer, cfg: &PretrainConfig, step: u64) -> Resu
         ..Default::default()
     };
     let out = generate(model, &prompt, &params, |_| true)?;
-    let ids: Vec<u32> = out.tokens.into_iter().filter(|id| !tok.is_special(*id)).collect();
+    let ids: Vec<u32> = out
+        .tokens
+        .into_iter()
+        .filter(|id| !tok.is_special(*id))
+        .collect();
     Ok(format!(
         "{}{}",
         cfg.sample_prompt,

@@ -32,9 +32,8 @@ fn check_trajectory(name: &str) {
         serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap())
             .unwrap();
     let cfg: GptConfig = serde_json::from_value(meta["config"].clone()).unwrap();
-    let all =
-        candle_core::safetensors::load(dir.join(format!("{name}.safetensors")), &Device::Cpu)
-            .unwrap();
+    let all = candle_core::safetensors::load(dir.join(format!("{name}.safetensors")), &Device::Cpu)
+        .unwrap();
     let weights: BTreeMap<String, Tensor> = Params::expected_shapes(&cfg)
         .keys()
         .map(|k| (k.clone(), all[k].clone()))

@@ -110,9 +110,14 @@ fn interrupted_run_resumes_bit_exactly() {
                 }
             }
         })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }));
     assert!(died.is_err());
-    assert_eq!(metrics_steps(&crashed.out.join("metrics.jsonl")), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        metrics_steps(&crashed.out.join("metrics.jsonl")),
+        vec![1, 2, 3, 4, 5]
+    );
 
     let (r, resumed) = run_collect(&cfg, &crashed, true);
     let summary = r.unwrap();
@@ -152,7 +157,11 @@ fn same_seed_same_weights_different_seed_differs_and_loss_falls() {
     // 12 steps on a 320-token vocabulary: the held-out loss must fall well below ln(320) = 5.77.
     let first = a.val_loss_first.unwrap();
     assert!(first > 5.0, "{first}");
-    assert!(a.val_loss_last < first - 1.0, "{first} -> {}", a.val_loss_last);
+    assert!(
+        a.val_loss_last < first - 1.0,
+        "{first} -> {}",
+        a.val_loss_last
+    );
     assert!(a.val_bpb_last.is_finite() && a.val_bpb_last > 0.0);
 }
 
@@ -164,7 +173,10 @@ fn resume_refuses_a_changed_configuration_and_bad_settings_are_errors() {
     run_collect(&cfg, &paths, false).0.unwrap();
     let mut changed = cfg.clone();
     changed.optim.lr = 1e-2;
-    let err = run_collect(&changed, &paths, true).0.unwrap_err().to_string();
+    let err = run_collect(&changed, &paths, true)
+        .0
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("optim"), "{err}");
     // Only the length may change: extending the run works.
     let mut longer = cfg.clone();

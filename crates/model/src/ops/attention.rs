@@ -123,7 +123,6 @@ impl AttentionOp {
     }
 
     /// Returns `(dq, dk, dv)`.
-    #[allow(clippy::too_many_arguments)] // the three inputs, the output, its grad and the stats
     fn bwd_t<T: Real>(
         &self,
         (q, k, v): (&[T], &[T], &[T]),
@@ -201,7 +200,6 @@ impl AttentionOp {
         Ok((dq, dk, dv))
     }
 
-    #[allow(clippy::type_complexity)]
     fn bwd_dispatch<T: Real>(
         &self,
         q: &Tensor,

@@ -98,18 +98,6 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// - `q`: `(B, H, T, D)`; `k`, `v`: `(B, Hkv, S, D)` with `S = offset + T`; returns `(B, H, T, D)`.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
-    causal_attention_with(q, k, v, offset, softmax_last_dim)
-}
-
-/// [`causal_attention`] with the softmax to use (the composed one here, the fused one from
-/// [`crate::ops::causal_attention`]).
-pub(crate) fn causal_attention_with(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    offset: usize,
-    softmax: fn(&Tensor) -> Result<Tensor>,
-) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let (kb, hkv, s, kd) = k.dims4()?;
     if kb != b || kd != d || v.dims() != k.dims() || hkv == 0 || h % hkv != 0 || s != offset + t {
@@ -142,6 +130,6 @@ pub(crate) fn causal_attention_with(
         .to_dtype(att.dtype())?
         .broadcast_as(att.shape())?;
     let att = mask.where_cond(&neg, &att)?;
-    let att = softmax(&att)?;
+    let att = softmax_last_dim(&att)?;
     att.matmul(&v.contiguous()?) // (B, H, T, D)
 }

@@ -3,17 +3,26 @@
 //! This file is the contract: every function here takes and returns candle tensors, works on any
 //! device, and records a backward. On the CPU with f32 or f64 tensors they run fused kernels
 //! (candle custom ops with a hand-written, multithreaded backward) from the sibling modules;
-//! everywhere else they run the *composed* reference versions in [`composed`], built from candle
-//! primitives that each have a backward in candle's autograd. The fused kernels are tested against
-//! the composed versions and against finite differences (`tests/ops_*.rs`); [`fused`] exposes them
-//! directly.
+//! everywhere else (CUDA, bf16/f16) they run the *composed* reference versions in [`composed`],
+//! built from candle primitives that each have a backward in candle's autograd. The fused kernels
+//! are tested against the composed versions and against finite differences (`tests/ops_*.rs`);
+//! [`fused`] exposes them directly. `tests/ops_bench.rs` measures one against the other.
+//!
+//! | op | fused kernel |
+//! |---|---|
+//! | [`layer_norm`], [`rms_norm`] | one pass each way; per-row mean / rstd saved for the backward |
+//! | [`gelu`], [`silu`] | one element-wise pass each way (one `exp`, no `tanh`) |
+//! | [`softmax_last_dim`], [`log_softmax_last_dim`] | row-wise; the backward uses only the output |
+//! | [`cross_entropy`] | log-sum-exp per row, `(N, V)` log-probabilities never stored |
+//! | [`causal_attention`] | tiled over query blocks; `(T, S)` scores never stored |
 //!
 //! Inputs may have any layout: a strided input is copied to a contiguous one before a fused
-//! kernel runs (the copy is recorded, so gradients flow through it).
+//! kernel runs (the copy is recorded, so gradients flow through it). Reductions run in an order
+//! that depends only on shapes, so results are bitwise reproducible on a machine whatever the
+//! thread count.
 //!
 //! We never call `candle_nn::ops::{layer_norm, rms_norm, softmax_last_dim}`: they record no backward
 //! (DESIGN.md, "Silent gradient cut").
-//!
 
 use candle_core::{DType, Result, Tensor};
 
@@ -153,6 +162,6 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Re
     if fused_ok(&[q, k, v]) && q.elem_count() > 0 {
         attention::causal_attention(q, k, v, offset)
     } else {
-        composed::causal_attention_with(q, k, v, offset, softmax_last_dim)
+        composed::causal_attention(q, k, v, offset)
     }
 }
