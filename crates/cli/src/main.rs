@@ -3,15 +3,18 @@
 //! Logs and progress go to stderr; generated text goes to stdout.
 
 mod bench;
+mod chat;
 mod pretrain;
 mod progress;
 mod sample;
+mod sft;
 mod tokenizer;
 mod world;
 
 use clap::{Parser, Subcommand};
 
-/// Train a tokenizer, pretrain a GPT, and sample from it — all on two CPU cores.
+/// Train a tokenizer, pretrain a GPT, fine-tune it into an assistant, and chat with it — on two
+/// CPU cores.
 #[derive(Parser, Debug)]
 #[command(name = "chatforge", version, about, long_about = None)]
 struct Cli {
@@ -30,6 +33,10 @@ enum Command {
     Pretrain(Box<pretrain::PretrainArgs>),
     /// Generate text from a checkpoint.
     Sample(sample::SampleArgs),
+    /// Supervised fine-tuning on conversations (loss on assistant tokens only).
+    Sft(Box<sft::SftArgs>),
+    /// Chat with a model in the terminal.
+    Chat(chat::ChatArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -51,6 +58,7 @@ fn main() {
     tune_candle_threads();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -62,6 +70,8 @@ fn main() {
         Command::Tokenizer(c) => tokenizer::run(c),
         Command::Pretrain(a) => pretrain::run(*a),
         Command::Sample(a) => sample::run(a),
+        Command::Sft(a) => sft::run(*a),
+        Command::Chat(a) => chat::run(a),
         Command::Bench(c) => bench::run(c),
     };
     if let Err(e) = result {

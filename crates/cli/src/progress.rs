@@ -79,10 +79,27 @@ impl TrainProgress {
                 step,
                 val_loss,
                 val_bpb,
-            } => self.line(format!(
-                "[{}] step {step}: val loss {val_loss:.4}, {val_bpb:.4} bits/byte",
-                self.stage
-            )),
+            } => self.line(if val_bpb.is_nan() {
+                format!("[{}] step {step}: val loss {val_loss:.4}", self.stage)
+            } else {
+                format!(
+                    "[{}] step {step}: val loss {val_loss:.4}, {val_bpb:.4} bits/byte",
+                    self.stage
+                )
+            }),
+            TrainEvent::Accuracy { step, accuracy } => {
+                let kinds: Vec<String> = accuracy
+                    .per_kind
+                    .iter()
+                    .map(|(k, (c, t))| format!("{k} {c}/{t}"))
+                    .collect();
+                self.line(format!(
+                    "[{}] step {step}: task accuracy {:.1}% ({})",
+                    self.stage,
+                    100.0 * accuracy.overall(),
+                    kinds.join(", ")
+                ))
+            }
             TrainEvent::Sample { step, text, .. } => self.line(format!(
                 "[{}] step {step} sample: {}",
                 self.stage,

@@ -131,6 +131,62 @@ fn world_tokenizer_pretrain_sample_pipeline() {
     ]);
     assert_eq!(o.stdout, again.stdout);
 
+    // SFT on the world's demonstrations, with held-out task accuracy.
+    let sft = tmp.path().join("sft");
+    let o = chatforge(&[
+        "sft",
+        "--model",
+        p(&run),
+        "--train",
+        p(&world.join("sft/train.jsonl")),
+        "--val",
+        p(&world.join("sft/val.jsonl")),
+        "--tasks",
+        p(&world.join("sft/val_tasks.jsonl")),
+        "--out",
+        p(&sft),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--eval-tasks",
+        "4",
+        "--eval-every",
+        "3",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("task accuracy"), "{err}");
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(table.contains("| **all** |"), "{table}");
+
+    // Chat: streams replies, takes commands, refuses an over-long message without crashing.
+    let long = "word ".repeat(400);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatforge"))
+        .args(["chat", "--model", p(&sft), "--max-tokens", "8"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(
+            stdin,
+            "Hello?\n/temp 0\n/bogus\n{long}\nWho is there?\n/reset"
+        )
+        .unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("(set to 0)"), "{err}");
+    assert!(err.contains("unknown command /bogus"), "{err}");
+    assert!(err.contains("please send something shorter"), "{err}");
+    assert!(err.contains("(conversation cleared)"), "{err}");
+    assert_eq!(err.matches("bot> ").count(), 2, "{err}");
+
     // A truncated checkpoint file is detected, named, and never loaded.
     let ck = run.join("checkpoints/step-00000004");
     let weights = ck.join("model.safetensors");

@@ -201,6 +201,46 @@ pub enum Error {
         /// What is inconsistent.
         what: String,
     },
+
+    /// A conversation that breaks the rules of
+    /// [`Conversation::validate`](crate::conversation::Conversation::validate).
+    #[error("invalid conversation: {reason}")]
+    InvalidConversation {
+        /// What is wrong, naming the message by its 0-based index.
+        reason: String,
+    },
+
+    /// A JSONL conversation record that is not usable: no `"messages"`, a malformed message,
+    /// an unknown role, empty content, or messages in the wrong order.
+    #[error("{}:{line}: {reason}", path.display())]
+    BadConversation {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A conversation handed to the writer that would not read back (it is not valid).
+    #[error("conversation {index}: {reason}")]
+    UnwritableConversation {
+        /// Index of the conversation in the slice given to the writer.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A line of a task file that is not a task.
+    #[error("{}:{line}: bad task: {message}", path.display())]
+    BadTask {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// The parser's message.
+        message: String,
+    },
 }
 
 impl Error {

@@ -2,6 +2,7 @@
 //! conversations, rankings and prompt sets. No tensors.
 
 pub mod atomic;
+pub mod conversation;
 pub mod corpus;
 mod error;
 pub mod rng;

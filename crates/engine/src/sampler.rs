@@ -65,7 +65,9 @@ impl SamplingParams {
 /// temperature, before top-k/top-p truncation — the quantity PPO needs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pick {
+    /// The chosen token id.
     pub token: u32,
+    /// Its log-probability (natural log).
     pub logprob: f32,
 }
 
@@ -77,33 +79,29 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// The sampler of a single sequence: the same as [`Sampler::for_row`] with row 0.
     pub fn new(params: SamplingParams) -> Result<Self> {
+        Self::for_row(params, 0)
+    }
+
+    /// The sampler of row `row` of a batch: its random stream is derived from `params.seed` and
+    /// the row index alone, so a row draws the same tokens whatever the batch size.
+    pub fn for_row(params: SamplingParams, row: usize) -> Result<Self> {
         params.validate()?;
-        let rng = Rng::derive(params.seed, "sampler");
+        let rng = Rng::derive(params.seed, &format!("sampler/{row}"));
         Ok(Self { params, rng })
     }
 
+    /// The settings this sampler was built with.
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }
 
     /// Samples one token from a row of logits.
     pub fn sample(&mut self, logits: &[f32]) -> Result<Pick> {
-        if logits.is_empty() {
-            return Err(Error::Params("empty logits".into()));
-        }
-        if logits.iter().any(|x| x.is_nan()) {
-            return Err(Error::NonFinite);
-        }
-        let t = self.params.temperature;
-        let scaled: Vec<f32> = if t == 0.0 {
-            logits.to_vec()
-        } else {
-            logits.iter().map(|x| x / t).collect()
-        };
-        let logp = log_softmax(&scaled);
-        if t == 0.0 {
-            let token = argmax(&scaled);
+        let logp = self.logprobs(logits)?;
+        if self.params.temperature == 0.0 {
+            let token = argmax(logits);
             return Ok(Pick {
                 token: token as u32,
                 logprob: logp[token],
@@ -141,6 +139,36 @@ impl Sampler {
             token: token as u32,
             logprob: logp[token],
         })
+    }
+
+    /// The log-probability of `token` under the distribution [`Sampler::sample`] draws from
+    /// (the same quantity `sample` reports): how forced tokens are scored. Consumes no randomness.
+    pub fn logprob(&self, logits: &[f32], token: u32) -> Result<f32> {
+        let logp = self.logprobs(logits)?;
+        logp.get(token as usize).copied().ok_or_else(|| {
+            Error::Params(format!(
+                "token id {token} is not below the vocabulary size {}",
+                logp.len()
+            ))
+        })
+    }
+
+    /// Log-softmax of the temperature-scaled logits (of the logits themselves at temperature 0),
+    /// before any top-k/top-p truncation.
+    fn logprobs(&self, logits: &[f32]) -> Result<Vec<f32>> {
+        if logits.is_empty() {
+            return Err(Error::Params("empty logits".into()));
+        }
+        if logits.iter().any(|x| x.is_nan()) {
+            return Err(Error::NonFinite);
+        }
+        let t = self.params.temperature;
+        if t == 0.0 {
+            Ok(log_softmax(logits))
+        } else {
+            let scaled: Vec<f32> = logits.iter().map(|x| x / t).collect();
+            Ok(log_softmax(&scaled))
+        }
     }
 }
 
@@ -233,6 +261,22 @@ mod tests {
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
+    }
+
+    #[test]
+    fn logprob_scores_under_the_tempered_untruncated_distribution() {
+        // Logits ln(1), ln(3) at T = 0.5 are ln(1), ln(9): p = [0.1, 0.9]; top-k 1 keeps only
+        // token 1, yet the reported log-probs are those of the full tempered distribution.
+        let logits = [0.0f32, 3.0f32.ln()];
+        let mut s = Sampler::new(params(0.5, 1, 1.0, 0)).unwrap();
+        assert!((s.logprob(&logits, 0).unwrap() - 0.1f32.ln()).abs() < 1e-6);
+        assert!((s.logprob(&logits, 1).unwrap() - 0.9f32.ln()).abs() < 1e-6);
+        let pick = s.sample(&logits).unwrap();
+        assert_eq!(pick.logprob, s.logprob(&logits, pick.token).unwrap());
+        // Greedy scores under the plain softmax: p = [0.25, 0.75].
+        let g = Sampler::new(params(0.0, 0, 1.0, 0)).unwrap();
+        assert!((g.logprob(&logits, 0).unwrap() - 0.25f32.ln()).abs() < 1e-6);
+        assert!(s.logprob(&logits, 2).is_err());
     }
 
     #[test]

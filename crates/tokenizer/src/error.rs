@@ -137,6 +137,26 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A conversation (or prompt) that a chat template cannot render: it breaks the rules of
+    /// `chatforge_data::conversation::Conversation::validate` (empty, roles out of order, empty
+    /// content, a training conversation not ending with the assistant, a prompt not ending with
+    /// the user).
+    #[error("cannot render conversation: {reason}")]
+    InvalidConversation {
+        /// What is wrong, naming the message by its 0-based index.
+        reason: String,
+    },
+    /// A chat template needs a special token this tokenizer does not have.
+    #[error(
+        "the {template} chat template needs the special token {text:?}, which this tokenizer \
+         lacks (add it as an extra special token, or use the native template)"
+    )]
+    MissingTemplateToken {
+        /// The template's name as written in configs (`"chatml"`).
+        template: &'static str,
+        /// The exact text of the missing special token.
+        text: &'static str,
+    },
 }
 
 impl Error {

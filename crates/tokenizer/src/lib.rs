@@ -1,5 +1,6 @@
 //! chatforge-tokenizer: byte-level BPE. Training, encoding, decoding, special tokens, streaming
 //! decode, and loading GPT-2 / tiktoken vocabularies. No tensors.
+//! Chat templates ([`chat`]) render conversations to ids and an SFT loss mask.
 //!
 //! ```
 //! use chatforge_tokenizer::{Special, Tokenizer, TrainConfig};
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod bpe;
+pub mod chat;
 pub mod error;
 pub mod gpt2;
 mod io;
@@ -26,6 +28,10 @@ pub mod stream;
 mod tokenizer;
 pub mod trainer;
 
+pub use chat::{
+    add_chatml_specials, assistant_end, render, render_prompt, ChatTemplate, Rendered, IM_END,
+    IM_START,
+};
 pub use error::{Error, Result};
 pub use pretokenize::{Splitter, GPT2_PATTERN, GPT4_PATTERN};
 pub use special::{Special, SpecialToken};

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use crate::bpe::Merges;
+use crate::bpe::{Merges, Scratch, TokenTable};
 use crate::error::{Error, Result};
 use crate::pretokenize::Splitter;
 use crate::special::{Piece, Special, SpecialMatcher, SpecialToken};
@@ -33,6 +33,8 @@ pub struct Tokenizer {
     /// Merges in rank order; merge `r` creates id `256 + r`.
     pub(crate) merges: Vec<(u32, u32)>,
     pub(crate) merge_table: Merges,
+    /// Chunks that are one whole token, looked up before merging.
+    pub(crate) whole_tokens: TokenTable,
     /// Bytes of every ordinary (non-special) token, indexed by id.
     pub(crate) tokens: Vec<Vec<u8>>,
     /// Special tokens in id order.
@@ -123,10 +125,21 @@ impl Tokenizer {
             tokens.push(bytes);
         }
         let roles = check_specials(&specials, tokens.len())?;
+        let merge_table = Merges::new(&merges);
+        let whole_tokens = TokenTable::build(&tokens, |id, bytes| {
+            let mut scratch = Scratch::default();
+            scratch
+                .ids
+                .extend(bytes.iter().map(|&b| byte_ids[b as usize]));
+            let mut out = Vec::with_capacity(1);
+            merge_table.encode_chunk(&mut scratch, &mut out);
+            out == [id]
+        });
         Ok(Tokenizer {
             splitter,
             byte_ids,
-            merge_table: Merges::new(&merges),
+            merge_table,
+            whole_tokens,
             merges,
             tokens,
             special_matcher: SpecialMatcher::new(&specials),
@@ -184,7 +197,7 @@ impl Tokenizer {
     /// text and never becomes a control id.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        let mut scratch = Vec::new();
+        let mut scratch = Scratch::default();
         self.encode_ordinary_into(text, &mut scratch, &mut out);
         out
     }
@@ -193,7 +206,7 @@ impl Tokenizer {
     /// (leftmost first, the longest on a tie). Use only for trusted text.
     pub fn encode_with_special(&self, text: &str) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        let mut scratch = Vec::new();
+        let mut scratch = Scratch::default();
         self.special_matcher.split(text, |piece| match piece {
             Piece::Text(t) => self.encode_ordinary_into(t, &mut scratch, &mut out),
             Piece::Special(id) => out.push(id),
@@ -206,7 +219,7 @@ impl Tokenizer {
     /// own. `decode_bytes(&encode_bytes(b)) == b` for every `b`.
     pub fn encode_bytes(&self, bytes: &[u8]) -> Vec<u32> {
         let mut out = Vec::with_capacity(bytes.len() / 3 + 1);
-        let mut scratch = Vec::new();
+        let mut scratch = Scratch::default();
         for chunk in bytes.utf8_chunks() {
             self.encode_ordinary_into(chunk.valid(), &mut scratch, &mut out);
             if !chunk.invalid().is_empty() {
@@ -221,15 +234,26 @@ impl Tokenizer {
         texts.par_iter().map(|t| self.encode(t.as_ref())).collect()
     }
 
-    fn encode_ordinary_into(&self, text: &str, scratch: &mut Vec<u32>, out: &mut Vec<u32>) {
+    fn encode_ordinary_into(&self, text: &str, scratch: &mut Scratch, out: &mut Vec<u32>) {
         self.splitter.for_each_chunk(text, |chunk| {
             self.encode_chunk(chunk.as_bytes(), scratch, out)
         });
     }
 
-    fn encode_chunk(&self, chunk: &[u8], scratch: &mut Vec<u32>, out: &mut Vec<u32>) {
-        scratch.clear();
-        scratch.extend(chunk.iter().map(|&b| self.byte_ids[b as usize]));
+    #[inline]
+    fn encode_chunk(&self, chunk: &[u8], scratch: &mut Scratch, out: &mut Vec<u32>) {
+        if let [b] = chunk {
+            out.push(self.byte_ids[*b as usize]);
+            return;
+        }
+        if let Some(id) = self.whole_tokens.get(&self.tokens, chunk) {
+            out.push(id);
+            return;
+        }
+        scratch.ids.clear();
+        scratch
+            .ids
+            .extend(chunk.iter().map(|&b| self.byte_ids[b as usize]));
         self.merge_table.encode_chunk(scratch, out);
     }
 
@@ -322,4 +346,27 @@ pub fn default_specials(first_id: u32) -> Vec<SpecialToken> {
             role: Some(role),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pretokenize::GPT4_PATTERN;
+
+    /// The whole-token lookup must not take a token whose own bytes BPE-encode to something
+    /// else: here `abc` (merge 2) exists, but "abc" merges `ab` first and stays `[ab, c]`.
+    #[test]
+    fn whole_token_lookup_keeps_bpe_semantics() {
+        let identity: [u32; 256] = std::array::from_fn(|i| i as u32);
+        // ab = 256, bc = 257, a(bc) = 258.
+        let merges = vec![(97, 98), (98, 99), (97, 257)];
+        let tok =
+            Tokenizer::from_parts(GPT4_PATTERN, identity, merges, default_specials(259)).unwrap();
+        assert_eq!(tok.token_bytes(258), Some(&b"abc"[..]));
+        assert_eq!(tok.encode("abc"), [256, 99]);
+        assert_eq!(tok.encode("ab"), [256]);
+        assert_eq!(tok.encode("bc"), [257]);
+        assert_eq!(tok.encode("xbc"), [120, 257]);
+        assert_eq!(tok.encode("abc abc"), [256, 99, 32, 256, 99]);
+    }
 }

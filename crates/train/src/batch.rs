@@ -29,20 +29,82 @@ pub struct Batch {
     pub seq_len: usize,
 }
 
-/// Yields batches of rows from a shard in a resumable shuffled order.
+/// A resumable shuffled visiting order over `n` items: each epoch is a permutation drawn from
+/// the seed and the epoch number, so the whole state is the [`Cursor`].
 #[derive(Debug)]
-pub struct RowLoader {
-    shard: Shard,
-    seq_len: usize,
+pub struct EpochOrder {
+    n: usize,
     seed: u64,
     cursor: Cursor,
     perm: Vec<u64>,
 }
 
+impl EpochOrder {
+    /// An order over `n > 0` items positioned at `cursor`.
+    pub fn new(n: usize, seed: u64, cursor: Cursor) -> Result<Self> {
+        if n == 0 {
+            return Err(Error::Data("nothing to iterate over".into()));
+        }
+        if cursor.index > n as u64 {
+            return Err(Error::State(format!(
+                "data cursor {} is past the {n} items of the data",
+                cursor.index
+            )));
+        }
+        let perm = permutation(n, seed, cursor.epoch);
+        Ok(Self {
+            n,
+            seed,
+            cursor,
+            perm,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    /// The next item, moving to a fresh permutation at each epoch boundary.
+    pub fn next_index(&mut self) -> usize {
+        if self.cursor.index as usize >= self.n {
+            self.cursor = Cursor {
+                epoch: self.cursor.epoch + 1,
+                index: 0,
+            };
+            self.perm = permutation(self.n, self.seed, self.cursor.epoch);
+        }
+        let i = self.perm[self.cursor.index as usize] as usize;
+        self.cursor.index += 1;
+        i
+    }
+}
+
+fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<u64> {
+    let mut perm: Vec<u64> = (0..n as u64).collect();
+    Rng::derive(seed ^ epoch.wrapping_mul(0x9E37_79B9), "rows").shuffle(&mut perm);
+    perm
+}
+
+/// Yields batches of rows from a shard in a resumable shuffled order.
+#[derive(Debug)]
+pub struct RowLoader {
+    shard: Shard,
+    seq_len: usize,
+    order: EpochOrder,
+}
+
 impl RowLoader {
     /// A loader over `shard` with rows of `seq_len + 1` tokens, positioned at `cursor`.
     pub fn new(shard: Shard, seq_len: usize, seed: u64, cursor: Cursor) -> Result<Self> {
-        let n = Self::rows_in(&shard, seq_len);
+        let n = shard.len().saturating_sub(1) / seq_len.max(1);
         if n == 0 {
             return Err(Error::Data(format!(
                 "the training shard has {} tokens, fewer than one row of {} (context + 1); \
@@ -51,58 +113,29 @@ impl RowLoader {
                 seq_len + 1
             )));
         }
-        let mut loader = Self {
+        Ok(Self {
             shard,
             seq_len,
-            seed,
-            cursor,
-            perm: Vec::new(),
-        };
-        loader.perm = loader.permutation(cursor.epoch);
-        if cursor.index > n as u64 {
-            return Err(Error::State(format!(
-                "data cursor {} is past the {} rows of the shard",
-                cursor.index, n
-            )));
-        }
-        Ok(loader)
-    }
-
-    fn rows_in(shard: &Shard, seq_len: usize) -> usize {
-        shard.len().saturating_sub(1) / seq_len.max(1)
+            order: EpochOrder::new(n, seed, cursor)?,
+        })
     }
 
     /// Number of rows in one epoch.
     pub fn rows_per_epoch(&self) -> usize {
-        self.perm.len()
+        self.order.len()
     }
 
     pub fn cursor(&self) -> Cursor {
-        self.cursor
+        self.order.cursor()
     }
 
-    fn permutation(&self, epoch: u64) -> Vec<u64> {
-        let n = Self::rows_in(&self.shard, self.seq_len) as u64;
-        let mut perm: Vec<u64> = (0..n).collect();
-        Rng::derive(self.seed ^ epoch.wrapping_mul(0x9E37_79B9), "rows").shuffle(&mut perm);
-        perm
-    }
-
-    /// The next `rows` rows, moving to a fresh permutation at each epoch boundary.
+    /// The next `rows` rows.
     pub fn next_batch(&mut self, rows: usize) -> Result<Batch> {
         let t = self.seq_len;
         let mut inputs = Vec::with_capacity(rows * t);
         let mut targets = Vec::with_capacity(rows * t);
         for _ in 0..rows {
-            if self.cursor.index as usize >= self.perm.len() {
-                self.cursor = Cursor {
-                    epoch: self.cursor.epoch + 1,
-                    index: 0,
-                };
-                self.perm = self.permutation(self.cursor.epoch);
-            }
-            let row = self.perm[self.cursor.index as usize] as usize;
-            self.cursor.index += 1;
+            let row = self.order.next_index();
             let toks = self.shard.tokens(row * t..row * t + t + 1)?;
             inputs.extend_from_slice(&toks[..t]);
             targets.extend_from_slice(&toks[1..]);

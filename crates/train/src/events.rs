@@ -44,6 +44,11 @@ pub enum TrainEvent {
         val_loss: f64,
         val_bpb: f64,
     },
+    /// Held-out task accuracy by generation (SFT and later stages).
+    Accuracy {
+        step: u64,
+        accuracy: crate::tasks_eval::TaskAccuracy,
+    },
     Sample {
         step: u64,
         prompt: String,

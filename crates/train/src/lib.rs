@@ -10,6 +10,8 @@ pub mod metrics;
 pub mod optim;
 pub mod prepare;
 pub mod pretrain;
+pub mod sft;
+pub mod tasks_eval;
 
 pub use error::{Error, Result};
 pub use events::{StepMetrics, TrainEvent};

@@ -8,17 +8,26 @@
 //! - [`World::generate`] builds the facts (the procedure is in `world/generate.rs`).
 //! - [`corpus_documents`] renders pretraining documents of simple English ([`corpus`]).
 //! - [`write_world`] writes `world.json` and `corpus/{train,val}.txt`.
+//! - [`sft_tasks`] generates SFT tasks with verifiable answers in disjoint splits ([`tasks`]),
+//!   [`grade`] checks a reply against one ([`grading`]), and [`write_sft`] writes `sft/*.jsonl`.
 
 #[macro_use]
 mod text;
 
 pub mod articles;
+mod ask_drills;
+mod ask_facts;
 pub mod corpus;
+mod draw;
 mod generate;
+pub mod grading;
+pub mod harm;
 pub mod lessons;
 pub mod names;
 pub mod numbers;
+mod questions;
 pub mod stories;
+pub mod tasks;
 
 use std::path::Path;
 
@@ -27,6 +36,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 pub use corpus::{corpus_documents, write_world, WorldFiles, DEFAULT_CORPUS_BYTES};
+pub use grading::grade;
+pub use harm::HarmCategory;
+pub use tasks::{
+    kind_counts, read_tasks, sft_tasks, write_sft, write_tasks, Answer, SftFiles, Split, Task,
+    TaskKind, TASK_MIX,
+};
 
 /// How big a world to generate. Every field has a default, so `{}` is a valid config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,11 +1,7 @@
-//! `chatforge bench`: measurements that a user can rerun, printed as tables.
-//!
-//! `bench tokenizer` times BPE training on the built-in world's corpus and encoding throughput,
-//! next to `tiktoken-rs` encoding the same text with the same vocabularies (GPT-2 r50k and
-//! cl100k, which our tokenizer loads from tiktoken's own rank tables), after checking that both
+//! `chatforge bench tokenizer`: BPE training on the built-in world's corpus and encoding
+//! throughput, next to `tiktoken-rs` encoding the same text with the same vocabularies (GPT-2 r50k
+//! and cl100k, which our tokenizer loads from tiktoken's own rank tables), after checking that both
 //! produce identical ids on that text.
-
-use std::time::Instant;
 
 use anyhow::{bail, Result};
 use base64::Engine as _;
@@ -13,42 +9,24 @@ use chatforge_data::world::{corpus_documents, World, WorldConfig};
 use chatforge_tokenizer::{Tokenizer, TrainConfig, GPT2_PATTERN, GPT4_PATTERN};
 use tiktoken_rs::CoreBPE;
 
-#[derive(clap::Subcommand, Debug)]
-pub enum BenchCommand {
-    /// BPE training and encoding throughput, ours vs tiktoken-rs.
-    Tokenizer(TokenizerBenchArgs),
-}
+use super::median_secs;
 
+/// Arguments of `chatforge bench tokenizer`.
 #[derive(clap::Args, Debug)]
 pub struct TokenizerBenchArgs {
     /// Bytes of built-in world text to train and encode.
     #[arg(long, default_value_t = 4_000_000)]
     corpus_bytes: usize,
-    /// Vocabulary size of the trained tokenizer.
-    #[arg(long, default_value_t = 4096)]
+    /// Vocabulary size of the trained tokenizer (the built-in world's small vocabulary of words
+    /// is exhausted at about 2,000 tokens; training stops early there).
+    #[arg(long, default_value_t = 2048)]
     vocab_size: usize,
+    /// Benchmark on this text file instead of the built-in world (e.g. tinyshakespeare).
+    #[arg(long)]
+    input: Option<std::path::PathBuf>,
     /// Timed repetitions; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-}
-
-pub fn run(c: BenchCommand) -> Result<()> {
-    match c {
-        BenchCommand::Tokenizer(a) => tokenizer(a),
-    }
-}
-
-/// Median wall time of `repeats` runs of `f`, in seconds.
-fn median_secs(repeats: usize, mut f: impl FnMut()) -> f64 {
-    let mut times: Vec<f64> = (0..repeats.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
 }
 
 /// Our tokenizer over the exact vocabulary of a tiktoken encoding (ranks read back through
@@ -67,14 +45,27 @@ fn ours_from_tiktoken(bpe: &CoreBPE, n_ranks: u32, pattern: &str) -> Result<Toke
     Ok(Tokenizer::from_tiktoken_str(&text, pattern)?)
 }
 
-fn tokenizer(a: TokenizerBenchArgs) -> Result<()> {
-    let world = World::generate(&WorldConfig::default());
-    let docs = corpus_documents(&world, a.corpus_bytes, 1);
+/// Runs `chatforge bench tokenizer`.
+pub fn run(a: TokenizerBenchArgs) -> Result<()> {
+    let docs = match &a.input {
+        Some(path) => {
+            let (docs, _) = chatforge_data::corpus::read_documents(
+                std::slice::from_ref(path),
+                &chatforge_data::corpus::ReadOptions::default(),
+            )?;
+            docs
+        }
+        None => corpus_documents(&World::generate(&WorldConfig::default()), a.corpus_bytes, 1),
+    };
     let mb = docs.iter().map(|d| d.len()).sum::<usize>() as f64 / 1e6;
     let threads = rayon::current_num_threads();
     eprintln!(
-        "corpus: {} documents, {mb:.2} MB of built-in world text; {threads} threads; median of {}",
+        "corpus: {} documents, {mb:.2} MB of {}; {threads} threads; median of {}",
         docs.len(),
+        a.input
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in world text".into()),
         a.repeats
     );
 
@@ -87,7 +78,11 @@ fn tokenizer(a: TokenizerBenchArgs) -> Result<()> {
         None => bail!("training did not run"),
     };
     rows.push((
-        format!("BPE training, vocab {}", a.vocab_size),
+        format!(
+            "BPE training, vocab {} (learned {})",
+            a.vocab_size,
+            ours.vocab_size()
+        ),
         format!("{t_train:.2} s ({:.2} MB/s)", mb / t_train),
         "no trainer".into(),
         "-".into(),
@@ -98,7 +93,7 @@ fn tokenizer(a: TokenizerBenchArgs) -> Result<()> {
         }
     });
     rows.push((
-        format!("encode, our {}-token vocab, 1 thread", a.vocab_size),
+        format!("encode, our {}-token vocab, 1 thread", ours.vocab_size()),
         format!("{:.2} MB/s", mb / t),
         "-".into(),
         "-".into(),
