@@ -7,7 +7,7 @@
 //!
 //! When the pattern is byte for byte one of the two built-in ones, a hand-written matcher
 //! (`fast`, over the character classes of `classes`) replaces the regex engine: same chunks,
-//! about 20 times faster. Any other pattern goes through `fancy-regex`.
+//! about 15 times faster on English text. Any other pattern goes through `fancy-regex`.
 //!
 //! The splitter never loses text: stretches the pattern does not match become chunks of
 //! their own, and if the regex engine gives up on some input (fancy-regex's backtracking limit),

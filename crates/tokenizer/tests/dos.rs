@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Instant;
 
-use chatforge_tokenizer::{Tokenizer, TrainConfig};
+use chatforge_tokenizer::{Splitter, Tokenizer, TrainConfig, GPT4_PATTERN};
 
 fn tokenizer() -> Tokenizer {
     // Runs in the corpus give merges like "xx", "^^^^", "    ", so the long-chunk merge path is
@@ -66,6 +66,39 @@ fn huge_degenerate_inputs_are_linear() {
             "{n} x {unit:?}: {t1:.4} s, twice as long: {t2:.4} s, ratio {:.2}",
             t2 / t1
         );
+        assert!(
+            t2 / t1 <= 2.5,
+            "{unit:?}: t(2n)/t(n) = {:.2} ({t1:.4} s, {t2:.4} s)",
+            t2 / t1
+        );
+    }
+}
+
+/// The regex path (any pattern but the two built-in ones, here the GPT-4 pattern spelled
+/// differently) stays linear too: its 64 KiB windows bound each search.
+#[test]
+fn regex_path_is_linear() {
+    let splitter = Splitter::new(&format!("(?:{GPT4_PATTERN})")).unwrap();
+    assert!(!splitter.is_builtin_fast_path());
+    let time_split = |s: &str| {
+        let t = Instant::now();
+        let mut n = 0usize;
+        splitter.for_each_chunk(s, |_| n += 1);
+        assert!(n > 0);
+        t.elapsed().as_secs_f64()
+    };
+    for (unit, n) in [("x", 1_000_000), ("^", 1_000_000), (" ", 250_000)] {
+        let (small, big) = (unit.repeat(n), unit.repeat(2 * n));
+        assert_eq!(splitter.split(&big).concat(), big);
+        let (mut t1, mut t2) = (f64::INFINITY, f64::INFINITY);
+        for round in 0..7 {
+            t1 = t1.min(time_split(&small));
+            t2 = t2.min(time_split(&big));
+            if round >= 1 && t2 / t1 <= 2.5 {
+                break;
+            }
+        }
+        eprintln!("regex path, {n} x {unit:?}: {t1:.4} s, twice as long: {t2:.4} s");
         assert!(
             t2 / t1 <= 2.5,
             "{unit:?}: t(2n)/t(n) = {:.2} ({t1:.4} s, {t2:.4} s)",

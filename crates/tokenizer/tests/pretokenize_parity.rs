@@ -38,7 +38,10 @@ fn pairs() -> &'static [Pair; 2] {
     CELL.get_or_init(|| {
         [("gpt2", GPT2_PATTERN), ("gpt4", GPT4_PATTERN)].map(|(name, pattern)| {
             let fast = Splitter::new(pattern).unwrap();
-            assert!(fast.is_builtin_fast_path(), "{name} must take the fast path");
+            assert!(
+                fast.is_builtin_fast_path(),
+                "{name} must take the fast path"
+            );
             Pair {
                 name,
                 fast,
@@ -83,7 +86,17 @@ fn piece() -> impl Strategy<Value = String> {
         "'LL", "'lL", "'Ll", "'d", "'D", "'\u{17f}", "'x", "'", "''", "'l", "'r", "'v",
     ];
     let spacing = [
-        "\r\n", "\r\n\r\n", " \n", "\n ", "  ", "\t\t", " \r", "\r", "\n\n\n", " \u{a0}", "\u{3000} ",
+        "\r\n",
+        "\r\n\r\n",
+        " \n",
+        "\n ",
+        "  ",
+        "\t\t",
+        " \r",
+        "\r",
+        "\n\n\n",
+        " \u{a0}",
+        "\u{3000} ",
     ];
     prop_oneof![
         4 => prop::sample::select(tricky_chars()).prop_map(String::from),
@@ -123,7 +136,9 @@ proptest! {
 #[test]
 fn every_short_string_chunks_like_the_regex() {
     let pairs = pairs();
-    let big: Vec<char> = "aZé中1٣² \t\n\r\u{3000}'!😀\u{301}sSlLveſ".chars().collect();
+    let big: Vec<char> = "aZé中1٣² \t\n\r\u{3000}'!😀\u{301}sSlLveſ"
+        .chars()
+        .collect();
     let small: Vec<char> = "a1 \n\r'!\u{a0}sl".chars().collect();
     let mut n = 0;
     for (alphabet, max_len) in [(&big, 3), (&small, 4)] {
@@ -198,7 +213,10 @@ fn gsm8k_chunks_like_the_regex() {
         let mut records = 0;
         for line in jsonl.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let (q, a) = (v["question"].as_str().unwrap(), v["answer"].as_str().unwrap());
+            let (q, a) = (
+                v["question"].as_str().unwrap(),
+                v["answer"].as_str().unwrap(),
+            );
             check(pairs, &format!("{q}\n{a}")).unwrap();
             records += 1;
         }

@@ -23,7 +23,10 @@ pub(crate) struct PairTable {
 impl PairTable {
     /// Builds the table from merges in rank order; the first occurrence of a pair wins.
     pub(crate) fn new(merges: &[(u32, u32)]) -> PairTable {
-        let bits = (merges.len() * 2).max(16).next_power_of_two().trailing_zeros();
+        let bits = (merges.len() * 2)
+            .max(16)
+            .next_power_of_two()
+            .trailing_zeros();
         let mut table = PairTable {
             slots: vec![
                 Slot {

@@ -154,7 +154,11 @@ mod tests {
         for n in 0..=8 {
             let mut padded = [0u8; 8];
             padded[..n].copy_from_slice(&bytes[..n]);
-            assert_eq!(le_word(&bytes[..n]), u64::from_le_bytes(padded), "{n} bytes");
+            assert_eq!(
+                le_word(&bytes[..n]),
+                u64::from_le_bytes(padded),
+                "{n} bytes"
+            );
         }
     }
 
@@ -175,14 +179,26 @@ mod tests {
         let table = TokenTable::build(&tokens, |id, _| id != 260);
         assert_eq!(table.get(&tokens, b"ab"), Some(256));
         assert_eq!(table.get(&tokens, b"a\0"), Some(257));
-        assert_eq!(table.get(&tokens, b"a"), None, "single bytes are not stored");
-        assert_eq!(table.get(&tokens, b"a\0\0"), None, "length is part of the key");
+        assert_eq!(
+            table.get(&tokens, b"a"),
+            None,
+            "single bytes are not stored"
+        );
+        assert_eq!(
+            table.get(&tokens, b"a\0\0"),
+            None,
+            "length is part of the key"
+        );
         assert_eq!(table.get(&tokens, b"abcdefgh"), Some(258));
         assert_eq!(table.get(&tokens, b"abcdefghi"), Some(259));
         assert_eq!(table.get(&tokens, b"abcdefghj"), None, "not kept");
         assert_eq!(table.get(&tokens, b"abcdefghk"), None, "not a token");
         assert_eq!(table.get(&tokens, words[5]), Some(261));
-        assert_eq!(table.get(&tokens, words[6]), None, "longer than MAX_WHOLE_BYTES");
+        assert_eq!(
+            table.get(&tokens, words[6]),
+            None,
+            "longer than MAX_WHOLE_BYTES"
+        );
         assert_eq!(table.get(&tokens, b""), None);
     }
 }

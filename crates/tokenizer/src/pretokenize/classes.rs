@@ -184,9 +184,19 @@ mod tests {
         }
         // Sizes of the sets in Unicode 15/16 (regex-syntax 0.8): pinned loosely so that a
         // table that is empty or everything fails, while a Unicode update does not.
-        assert!((130_000..200_000).contains(&counts[Class::Letter as usize]), "{counts:?}");
-        assert!((1_500..2_500).contains(&counts[Class::Number as usize]), "{counts:?}");
-        assert_eq!(counts[Class::Space as usize], 25, "White_Space has 25 characters");
+        assert!(
+            (130_000..200_000).contains(&counts[Class::Letter as usize]),
+            "{counts:?}"
+        );
+        assert!(
+            (1_500..2_500).contains(&counts[Class::Number as usize]),
+            "{counts:?}"
+        );
+        assert_eq!(
+            counts[Class::Space as usize],
+            25,
+            "White_Space has 25 characters"
+        );
     }
 
     #[test]
@@ -201,9 +211,17 @@ mod tests {
         for b in [b'\'', b'_', b'!', 0u8, 0x7f] {
             assert_eq!(t.ascii(b), Class::Other, "{b:#x}");
         }
-        assert_eq!(t.of('\u{301}'), Class::Other, "combining acute is Mn, not L");
+        assert_eq!(
+            t.of('\u{301}'),
+            Class::Other,
+            "combining acute is Mn, not L"
+        );
         assert_eq!(t.of('\u{2163}'), Class::Number, "Roman numeral four is Nl");
         assert_eq!(t.of('\u{3000}'), Class::Space);
-        assert_eq!(t.of('\u{200b}'), Class::Other, "zero width space is not White_Space");
+        assert_eq!(
+            t.of('\u{200b}'),
+            Class::Other,
+            "zero width space is not White_Space"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Hand-written matchers for the two built-in split patterns, about 20 times faster than the
+//! Hand-written matchers for the two built-in split patterns, about 15 times faster than the
 //! backtracking regex and producing exactly the chunks that an unbounded leftmost-first
 //! (backtracking) match of the pattern produces, which is what `fancy-regex` and tiktoken do.
 //!
@@ -304,17 +304,37 @@ mod tests {
         use Builtin::{Gpt2, Gpt4};
         let cases: &[(Builtin, &str, &[&str])] = &[
             (Gpt2, "I'm 'S x's", &["I", "'m", " '", "S", " x", "'s"]),
-            (Gpt4, "I'M 'Sx 'll'LL", &["I", "'M", " '", "Sx", " '", "ll", "'LL"]),
+            (
+                Gpt4,
+                "I'M 'Sx 'll'LL",
+                &["I", "'M", " '", "Sx", " '", "ll", "'LL"],
+            ),
             (Gpt4, "'\u{17f}s", &["'\u{17f}", "s"]),
             (Gpt2, "a  \n b", &["a", "  \n", " b"]),
             (Gpt4, "a  \n b", &["a", "  \n", " b"]),
             (Gpt4, "a \n\r\n  \tb", &["a", " \n\r\n", "  ", "\tb"]),
             (Gpt4, "1234567 12", &["123", "456", "7", " ", "12"]),
             (Gpt2, "1234567 12", &["1234567", " 12"]),
-            (Gpt4, "x!!\r\n\r\ny ?!\n", &["x", "!!\r\n\r\n", "y", " ?!\n"]),
-            (Gpt2, "x!!\r\n\r\ny ?!\n", &["x", "!!", "\r\n\r", "\n", "y", " ?!", "\n"]),
-            (Gpt2, "\u{3000}\u{3000}x  ", &["\u{3000}", "\u{3000}", "x", "  "]),
-            (Gpt4, "\u{3000}\u{3000}x  ", &["\u{3000}", "\u{3000}x", "  "]),
+            (
+                Gpt4,
+                "x!!\r\n\r\ny ?!\n",
+                &["x", "!!\r\n\r\n", "y", " ?!\n"],
+            ),
+            (
+                Gpt2,
+                "x!!\r\n\r\ny ?!\n",
+                &["x", "!!", "\r\n\r", "\n", "y", " ?!", "\n"],
+            ),
+            (
+                Gpt2,
+                "\u{3000}\u{3000}x  ",
+                &["\u{3000}", "\u{3000}", "x", "  "],
+            ),
+            (
+                Gpt4,
+                "\u{3000}\u{3000}x  ",
+                &["\u{3000}", "\u{3000}x", "  "],
+            ),
             (Gpt4, "\nx", &["\n", "x"]),
             (Gpt4, "é\u{301}e", &["é", "\u{301}e"]),
             (Gpt2, "é\u{301}e", &["é", "\u{301}", "e"]),
