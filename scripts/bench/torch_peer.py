@@ -39,7 +39,7 @@ interleave its own repetitions with these (machine noise then hits both):
     {"cmd": "train_step", "dtype": "f32" | "bf16"}             -> {"seconds", "loss"}
     {"cmd": "prefill", "ids": [[ids]]}                         -> {"seconds", "next": [ids]}
     {"cmd": "decode", "prompt": [ids], "batch": B, "new_tokens": N}
-                                    -> {"seconds", "first_token_seconds", "steps", "tokens": [row 0]}
+                            -> {"seconds", "first_token_seconds", "steps", "tokens": [row 0]}
     {"cmd": "matmul", "n": 2048, "repeats": 5}                 -> {"gflops", "seconds"}
     {"cmd": "memory"}                                          -> {"peak_rss_bytes", "rss_bytes"}
     {"cmd": "quit"}

@@ -334,7 +334,10 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
         vec![
             "peak RSS, whole process".into(),
             fmt_bytes(ours_peak),
-            fmt_bytes(peer_mem(&peer_peak_f32, "peak_rss_bytes")),
+            match peer_f32 {
+                Some(_) => fmt_bytes(peer_mem(&peer_peak_f32, "peak_rss_bytes")),
+                None => "-".into(),
+            },
             match peer_bf16 {
                 Some(_) => format!(
                     "{} (f32 and bf16 steps)",
