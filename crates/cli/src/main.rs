@@ -54,6 +54,13 @@ fn tune_candle_threads() {
     }
 }
 
+/// Reads a stage's TOML config file; an unknown field is an error naming the file.
+pub fn load_toml<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    toml::from_str::<T>(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+}
+
 fn main() {
     tune_candle_threads();
     tracing_subscriber::fmt()

@@ -78,12 +78,7 @@ pub struct PretrainArgs {
 /// Defaults ← TOML file ← flags.
 fn resolve(a: &PretrainArgs) -> Result<PretrainConfig> {
     let mut c = match &a.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str::<PretrainConfig>(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message()))?
-        }
+        Some(p) => crate::load_toml::<PretrainConfig>(p)?,
         None => PretrainConfig::default(),
     };
     macro_rules! set {

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chatforge_train::sft::{run as run_sft, SftConfig, SftPaths};
 use chatforge_train::tasks_eval::TaskAccuracy;
 
@@ -57,12 +57,7 @@ pub struct SftArgs {
 
 fn resolve(a: &SftArgs) -> Result<SftConfig> {
     let mut c = match &a.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str::<SftConfig>(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message()))?
-        }
+        Some(p) => crate::load_toml::<SftConfig>(p)?,
         None => SftConfig::default(),
     };
     macro_rules! set {

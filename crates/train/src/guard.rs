@@ -8,7 +8,8 @@ use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
 use crate::optim::{clip_grads, AdamW, FlatGrads};
-use crate::Result;
+use crate::events::TrainEvent;
+use crate::{Error, Result};
 
 /// Spike threshold: a loss above `SPIKE_FACTOR ×` its running average is not applied.
 pub const SPIKE_FACTOR: f64 = 10.0;
@@ -97,6 +98,35 @@ pub fn guarded_update(
         opt.step(vars, grads, lr)?;
     }
     Ok((verdict, norm))
+}
+
+/// [`guarded_update`] as a training loop uses it at step `step`: a skipped update is reported
+/// as a [`TrainEvent::Skipped`] and returned as its reason; a stop becomes
+/// [`Error::Diverged`]. Returns (skip reason, pre-clip gradient norm).
+#[allow(clippy::too_many_arguments)]
+pub fn guarded_step(
+    guard: &mut Guard,
+    opt: &mut AdamW,
+    vars: &BTreeMap<String, Var>,
+    grads: &mut FlatGrads,
+    loss: f64,
+    lr: f64,
+    grad_clip: f64,
+    step: u64,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<(Option<String>, f64)> {
+    let (verdict, norm) = guarded_update(guard, opt, vars, grads, loss, lr, grad_clip)?;
+    match verdict {
+        Verdict::Apply => Ok((None, norm)),
+        Verdict::Skip(reason) => {
+            on_event(&TrainEvent::Skipped {
+                step,
+                reason: reason.clone(),
+            });
+            Ok((Some(reason), norm))
+        }
+        Verdict::Stop(reason) => Err(Error::Diverged { step, reason }),
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::artifact::{self, Meta, SaveRequest};
 use crate::batch::{eval_rows, Cursor, RowLoader};
 use crate::events::{StepMetrics, TrainEvent};
-use crate::guard::{guarded_update, Guard, Verdict};
+use crate::guard::{guarded_step, Guard};
 use crate::metrics::MetricsLog;
 use crate::optim::{accumulate_grads, lr_at, AdamW, FlatGrads, OptimConfig};
 use crate::prepare::{prepare_shards, CorpusSpec};
@@ -291,7 +291,7 @@ pub fn run(
             accumulate_grads(&vars, &g, 1.0 / cfg.grad_accum as f32, &mut grads)?;
         }
         let loss = loss_sum / cfg.grad_accum as f64;
-        let (verdict, grad_norm) = guarded_update(
+        let (skipped, grad_norm) = guarded_step(
             &mut state.guard,
             &mut opt,
             &vars,
@@ -299,23 +299,9 @@ pub fn run(
             loss,
             lr,
             cfg.optim.grad_clip,
+            state.step,
+            on_event,
         )?;
-        let skipped = match verdict {
-            Verdict::Apply => None,
-            Verdict::Skip(reason) => {
-                on_event(&TrainEvent::Skipped {
-                    step: state.step,
-                    reason: reason.clone(),
-                });
-                Some(reason)
-            }
-            Verdict::Stop(reason) => {
-                return Err(Error::Diverged {
-                    step: state.step,
-                    reason,
-                })
-            }
-        };
         state.step += 1;
         state.cursor = loader.cursor();
         state.tokens_seen += tokens_per_step as u64;

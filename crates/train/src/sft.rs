@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::artifact::{self, load_model, var_map, Meta, SaveRequest};
 use crate::batch::{Cursor, EpochOrder};
 use crate::events::{StepMetrics, TrainEvent};
-use crate::guard::{guarded_update, Guard, Verdict};
+use crate::guard::{guarded_step, Guard};
 use crate::metrics::MetricsLog;
 use crate::optim::{accumulate_grads, lr_at, AdamW, FlatGrads, OptimConfig};
 use crate::tasks_eval::{read_tasks, task_accuracy, TaskAccuracy};
@@ -375,7 +375,7 @@ pub fn run(
             })
             .collect();
         let (loss, mut grads, tokens) = step_grads(&model, &vars, &micro, pad)?;
-        let (verdict, grad_norm) = guarded_update(
+        let (skipped, grad_norm) = guarded_step(
             &mut state.guard,
             &mut opt,
             &vars,
@@ -383,23 +383,9 @@ pub fn run(
             loss,
             lr,
             cfg.optim.grad_clip,
+            state.step,
+            on_event,
         )?;
-        let skipped = match verdict {
-            Verdict::Apply => None,
-            Verdict::Skip(reason) => {
-                on_event(&TrainEvent::Skipped {
-                    step: state.step,
-                    reason: reason.clone(),
-                });
-                Some(reason)
-            }
-            Verdict::Stop(reason) => {
-                return Err(Error::Diverged {
-                    step: state.step,
-                    reason,
-                })
-            }
-        };
         state.step += 1;
         state.cursor = order.cursor();
         state.tokens_seen += tokens;
