@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
-use crate::optim::{clip_grads, AdamW, FlatGrads};
 use crate::events::TrainEvent;
+use crate::optim::{clip_grads, AdamW, FlatGrads};
 use crate::{Error, Result};
 
 /// Spike threshold: a loss above `SPIKE_FACTOR ×` its running average is not applied.
