@@ -29,19 +29,20 @@ impl TrainProgress {
                 val_tokens,
                 reused,
             } => self.line(format!(
-                "[{}] shards {}: {train_tokens} train tokens, {val_tokens} val tokens",
+                "[{}] data {}: {train_tokens} train tokens, {val_tokens} val tokens",
                 self.stage,
-                if *reused { "reused" } else { "written" }
+                if *reused { "reused" } else { "prepared" }
             )),
             TrainEvent::Start {
                 step,
                 total_steps,
                 params,
-                tokens_per_step,
+                per_step,
+                unit,
                 resumed,
             } => {
                 self.line(format!(
-                    "[{}] {} at step {step}/{total_steps}: {:.2}M parameters, {tokens_per_step} tokens/step",
+                    "[{}] {} at step {step}/{total_steps}: {:.2}M parameters, {per_step} {unit}/step",
                     self.stage,
                     if *resumed { "resuming" } else { "starting" },
                     *params as f64 / 1e6

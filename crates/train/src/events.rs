@@ -34,7 +34,10 @@ pub enum TrainEvent {
         step: u64,
         total_steps: u64,
         params: usize,
-        tokens_per_step: usize,
+        /// Work per optimizer step, in `unit`s.
+        per_step: usize,
+        /// What `per_step` counts: "tokens" (pretraining) or "conversations" (SFT).
+        unit: &'static str,
         resumed: bool,
     },
     Step(StepMetrics),

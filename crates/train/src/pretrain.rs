@@ -236,7 +236,8 @@ pub fn run(
         step: state.step,
         total_steps: cfg.steps,
         params: params.num_params(),
-        tokens_per_step,
+        per_step: tokens_per_step,
+        unit: "tokens",
         resumed: checkpoint.is_some(),
     });
 

@@ -301,7 +301,8 @@ pub fn run(
         step: state.step,
         total_steps,
         params: params.num_params(),
-        tokens_per_step: per_step,
+        per_step,
+        unit: "conversations",
         resumed: checkpoint.is_some(),
     });
 
