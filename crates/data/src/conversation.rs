@@ -31,7 +31,7 @@
 //! [`ReadStats::skipped_bad`] instead. Nothing is dropped silently.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -264,25 +264,9 @@ fn read_file(
     stats: &mut ReadStats,
 ) -> Result<()> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut input = BufReader::with_capacity(1 << 16, file);
-    let mut buf: Vec<u8> = Vec::new();
-    let (mut line, mut offset) = (0u64, 0u64);
-    loop {
-        if buf.capacity() > (1 << 24) {
-            buf = Vec::new(); // do not hold on to a huge line's buffer for the rest of the file
-        } else {
-            buf.clear();
-        }
-        let n = input
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            return Ok(());
-        }
-        line += 1;
-        let line_offset = offset;
-        offset += n as u64;
-        match parse_line(&buf, path, line, line_offset) {
+    let input = BufReader::with_capacity(1 << 16, file);
+    crate::corpus::for_each_line(path, input, |buf, line, line_offset| {
+        match parse_line(buf, path, line, line_offset) {
             Ok(Some(conv)) => {
                 stats.documents += 1;
                 stats.bytes += conv.messages.iter().map(|m| m.content.len()).sum::<usize>();
@@ -292,7 +276,8 @@ fn read_file(
             Err(_) if opts.skip_bad_records => stats.skipped_bad += 1,
             Err(err) => return Err(err),
         }
-    }
+        Ok(())
+    })
 }
 
 /// The top level of a record: only `messages` is looked at; other fields are skipped unparsed.

@@ -94,6 +94,56 @@ pub fn save(req: SaveRequest<'_>) -> Result<PathBuf> {
     Ok(save_checkpoint(req.run_dir, req.step, &refs, req.keep)?)
 }
 
+/// What a training stage needs to write its checkpoints: everything but the step, the loop
+/// state and the optimizer, which change as the run goes.
+pub struct StageWriter<'a> {
+    pub stage: &'static str,
+    pub run_dir: &'a Path,
+    pub params: &'a Params,
+    pub model_config: &'a GptConfig,
+    pub tokenizer: &'a Tokenizer,
+    /// The stage's resolved configuration (recorded in `meta.json`).
+    pub config: &'a dyn erased::ToJson,
+    pub keep: usize,
+}
+
+impl StageWriter<'_> {
+    /// Writes the checkpoint of `step` with the loop `state` and the optimizer moments.
+    pub fn save<S: Serialize>(&self, step: u64, state: &S, optimizer: &AdamW) -> Result<PathBuf> {
+        save(SaveRequest {
+            run_dir: self.run_dir,
+            step,
+            params: self.params,
+            model_config: self.model_config,
+            tokenizer: self.tokenizer,
+            meta: Meta {
+                stage: self.stage.into(),
+                step,
+                tokenizer_hash: self.tokenizer.hash(),
+                chatforge_version: env!("CARGO_PKG_VERSION").into(),
+                config: self.config.to_json()?,
+            },
+            optimizer,
+            trainer_state: serde_json::to_value(state).map_err(|e| Error::State(e.to_string()))?,
+            keep: self.keep,
+        })
+    }
+}
+
+/// Object-safe serialization of a stage config (so `StageWriter` is not generic over it).
+pub mod erased {
+    /// Anything serializable, as a JSON value.
+    pub trait ToJson {
+        fn to_json(&self) -> crate::Result<serde_json::Value>;
+    }
+
+    impl<T: serde::Serialize> ToJson for T {
+        fn to_json(&self) -> crate::Result<serde_json::Value> {
+            serde_json::to_value(self).map_err(|e| crate::Error::State(e.to_string()))
+        }
+    }
+}
+
 /// A model loaded from a checkpoint with its tokenizer.
 pub struct LoadedModel {
     pub config: GptConfig,

@@ -27,7 +27,7 @@ use chatforge_model::{Gpt, GptConfig, Params};
 use chatforge_tokenizer::{Special, Tokenizer};
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::{self, Meta, SaveRequest};
+use crate::artifact::{self, Meta, StageWriter};
 use crate::batch::{eval_rows, Cursor, RowLoader};
 use crate::events::{StepMetrics, TrainEvent};
 use crate::guard::{guarded_step, Guard};
@@ -241,28 +241,16 @@ pub fn run(
         resumed: checkpoint.is_some(),
     });
 
-    let meta = |step: u64| -> Result<Meta> {
-        Ok(Meta {
-            stage: "pretrain".into(),
-            step,
-            tokenizer_hash: tokenizer.hash(),
-            chatforge_version: env!("CARGO_PKG_VERSION").into(),
-            config: serde_json::to_value(cfg).map_err(|e| Error::State(e.to_string()))?,
-        })
+    let writer = StageWriter {
+        stage: "pretrain",
+        run_dir: &paths.out,
+        params: &params,
+        model_config: &model_cfg,
+        tokenizer: &tokenizer,
+        config: cfg,
+        keep: cfg.keep_checkpoints,
     };
-    let save = |state: &LoopState, opt: &AdamW| -> Result<PathBuf> {
-        artifact::save(SaveRequest {
-            run_dir: &paths.out,
-            step: state.step,
-            params: &params,
-            model_config: &model_cfg,
-            tokenizer: &tokenizer,
-            meta: meta(state.step)?,
-            optimizer: opt,
-            trainer_state: serde_json::to_value(state).map_err(|e| Error::State(e.to_string()))?,
-            keep: cfg.keep_checkpoints,
-        })
-    };
+    let save = |state: &LoopState, opt: &AdamW| writer.save(state.step, state, opt);
 
     if state.step == 0 && state.val_loss_first.is_none() {
         let (loss, bpb) = evaluate(&frozen(&params, &model_cfg)?, &val_rows, &token_bytes)?;

@@ -33,7 +33,7 @@ use chatforge_tokenizer::chat::{render, ChatTemplate};
 use chatforge_tokenizer::{Special, Tokenizer};
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::{self, load_model, var_map, Meta, SaveRequest};
+use crate::artifact::{self, load_model, var_map, StageWriter};
 use crate::batch::{Cursor, EpochOrder};
 use crate::events::{StepMetrics, TrainEvent};
 use crate::guard::{guarded_step, Guard};
@@ -339,28 +339,16 @@ pub fn run(
         }
     }
 
-    let meta = |step: u64| -> Result<Meta> {
-        Ok(Meta {
-            stage: "sft".into(),
-            step,
-            tokenizer_hash: tok.hash(),
-            chatforge_version: env!("CARGO_PKG_VERSION").into(),
-            config: serde_json::to_value(cfg).map_err(|e| Error::State(e.to_string()))?,
-        })
+    let writer = StageWriter {
+        stage: "sft",
+        run_dir: &paths.out,
+        params: &params,
+        model_config: &model_cfg,
+        tokenizer: &tok,
+        config: cfg,
+        keep: cfg.keep_checkpoints,
     };
-    let save = |state: &LoopState, opt: &AdamW| -> Result<PathBuf> {
-        artifact::save(SaveRequest {
-            run_dir: &paths.out,
-            step: state.step,
-            params: &params,
-            model_config: &model_cfg,
-            tokenizer: &tok,
-            meta: meta(state.step)?,
-            optimizer: opt,
-            trainer_state: serde_json::to_value(state).map_err(|e| Error::State(e.to_string()))?,
-            keep: cfg.keep_checkpoints,
-        })
-    };
+    let save = |state: &LoopState, opt: &AdamW| writer.save(state.step, state, opt);
 
     let started = Instant::now();
     let mut last = (f64::NAN, None);

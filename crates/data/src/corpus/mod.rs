@@ -283,31 +283,15 @@ impl Reader {
         }
     }
 
-    fn read_jsonl(&mut self, path: &Path, mut input: impl BufRead) -> Result<()> {
-        let mut buf: Vec<u8> = Vec::new();
-        let mut line: u64 = 0;
-        let mut offset: u64 = 0; // file offset of the line being read
-        loop {
-            if buf.capacity() > (1 << 24) {
-                buf = Vec::new(); // do not hold on to a 100 MB buffer for the rest of the file
-            } else {
-                buf.clear();
-            }
-            let n = input
-                .read_until(b'\n', &mut buf)
-                .map_err(|e| Error::io(path, e))?;
-            if n == 0 {
-                return Ok(());
-            }
-            line += 1;
-            let line_offset = offset;
-            offset += n as u64;
-            match parse_record(&buf, path, line, line_offset) {
+    fn read_jsonl(&mut self, path: &Path, input: impl BufRead) -> Result<()> {
+        for_each_line(path, input, |buf, line, line_offset| {
+            match parse_record(buf, path, line, line_offset) {
                 Ok(Some(doc)) => self.push(doc),
                 Ok(None) => {} // blank line
                 Err(err) => self.bad(err)?,
             }
-        }
+            Ok(())
+        })
     }
 }
 
@@ -350,3 +334,31 @@ fn parse_record(buf: &[u8], path: &Path, line: u64, line_offset: u64) -> Result<
 
 #[cfg(test)]
 mod tests;
+
+/// Calls `f(line_bytes, line_number, byte_offset)` for every `\n`-terminated line of `input`
+/// (the last line may lack the newline), reusing one buffer; a buffer grown past 16 MB by a
+/// huge line is released rather than kept for the rest of the file.
+pub(crate) fn for_each_line(
+    path: &Path,
+    mut input: impl BufRead,
+    mut f: impl FnMut(&[u8], u64, u64) -> Result<()>,
+) -> Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    let (mut line, mut offset) = (0u64, 0u64);
+    loop {
+        if buf.capacity() > (1 << 24) {
+            buf = Vec::new();
+        } else {
+            buf.clear();
+        }
+        let n = input
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        line += 1;
+        f(&buf, line, offset)?;
+        offset += n as u64;
+    }
+}
