@@ -244,8 +244,106 @@ pub fn write_conversations(path: &Path, convs: &[Conversation]) -> Result<()> {
     write_atomic(path, text.as_bytes()).map_err(|e| Error::io(path, e))
 }
 
+/// Reads every record of the JSONL `paths` (files, or directories whose `.jsonl` files are read
+/// in sorted name order) with `parse(line_bytes, path, line, byte_offset)`, which returns
+/// `Ok(None)` for a blank line. Bad records fail or are skipped and counted as `opts` says;
+/// `size` gives the bytes a record counts in [`ReadStats::bytes`]. Shared by the readers of
+/// rankings and prompt sets.
+pub(crate) fn read_jsonl_records<T>(
+    paths: &[PathBuf],
+    opts: &ReadOptions,
+    mut parse: impl FnMut(&[u8], &Path, u64, u64) -> Result<Option<T>>,
+    size: impl Fn(&T) -> usize,
+) -> Result<(Vec<T>, ReadStats)> {
+    let mut out = Vec::new();
+    let mut stats = ReadStats::default();
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            let inside = jsonl_files(path)?;
+            if inside.is_empty() {
+                return Err(Error::NoInputFiles { path: path.clone() });
+            }
+            files.extend(inside);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    for path in &files {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let input = BufReader::with_capacity(1 << 16, file);
+        crate::corpus::for_each_line(path, input, |buf, line, line_offset| {
+            match parse(buf, path, line, line_offset) {
+                Ok(Some(rec)) => {
+                    stats.documents += 1;
+                    stats.bytes += size(&rec);
+                    out.push(rec);
+                }
+                Ok(None) => {} // blank line
+                Err(_) if opts.skip_bad_records => stats.skipped_bad += 1,
+                Err(err) => return Err(err),
+            }
+            Ok(())
+        })?;
+    }
+    Ok((out, stats))
+}
+
+/// One JSONL line as a JSON object: `Ok(None)` for a blank line; invalid UTF-8, bad JSON and
+/// anything but an object are errors naming the file and line.
+pub(crate) fn json_object_line(
+    buf: &[u8],
+    path: &Path,
+    line: u64,
+    line_offset: u64,
+) -> Result<Option<serde_json::Map<String, Value>>> {
+    let text = std::str::from_utf8(buf).map_err(|e| Error::InvalidUtf8 {
+        path: path.to_path_buf(),
+        line,
+        offset: line_offset + e.valid_up_to() as u64,
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let bad_json = |message: String| Error::BadJson {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(Some(map)),
+        Ok(_) => Err(bad_json("expected a JSON object".into())),
+        Err(e) => Err(bad_json(e.to_string())),
+    }
+}
+
+/// A prompt given as a string (one user message) or as a list of messages, checked by
+/// [`validate_prompt`]; the error says what is wrong, naming `field`.
+pub(crate) fn prompt_from_json(field: &str, v: Value) -> std::result::Result<Vec<Message>, String> {
+    let messages = match v {
+        Value::String(s) => vec![Message::user(s)],
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| message_from_json(i, v))
+            .collect::<std::result::Result<Vec<_>, String>>()
+            .map_err(|e| format!("\"{field}\": {e}"))?,
+        v => {
+            return Err(format!(
+                "\"{field}\" is {}, expected a string or an array of messages",
+                json_type(&v)
+            ))
+        }
+    };
+    check_messages(&messages, Role::User).map_err(|e| format!("\"{field}\": {e}"))?;
+    Ok(messages)
+}
+
 /// The `.jsonl` files directly inside `dir`, sorted by name.
-fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
@@ -292,7 +390,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option
     Value::deserialize(d).map(Some)
 }
 
-fn json_type(v: &Value) -> &'static str {
+pub(crate) fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -357,7 +455,7 @@ fn parse_line(
 }
 
 /// Message `i` of a record, or what is wrong with it.
-fn message_from_json(i: usize, v: Value) -> std::result::Result<Message, String> {
+pub(crate) fn message_from_json(i: usize, v: Value) -> std::result::Result<Message, String> {
     let mut map = match v {
         Value::Object(map) => map,
         v => {

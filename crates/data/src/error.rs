@@ -241,6 +241,46 @@ pub enum Error {
         /// The parser's message.
         message: String,
     },
+    /// A JSONL ranking record that is not usable: a missing or mistyped field, an unknown
+    /// field, a bad prompt, an empty response, K outside 2..=9, a ranking that is not a
+    /// permutation of the responses, `"chosen"` equal to `"rejected"`.
+    #[error("{}:{line}: {reason}", path.display())]
+    BadRanking {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A ranking handed to the writer that would not read back (it is not valid).
+    #[error("ranking record not written: {reason}")]
+    UnwritableRanking {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A JSONL prompt record that is not usable: a missing or mistyped field, an unknown
+    /// field, a bad prompt, an empty reference, a task that does not parse.
+    #[error("{}:{line}: {reason}", path.display())]
+    BadPrompt {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A prompt record handed to the writer that would not read back (it is not valid).
+    #[error("prompt {index}: {reason}")]
+    UnwritablePrompt {
+        /// Index of the record in the slice given to the writer.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -1,10 +1,12 @@
-//! chatforge-data: text only. Corpora and token shards, the built-in world, and (later)
-//! conversations, rankings and prompt sets. No tensors.
+//! chatforge-data: text only. Corpora and token shards, conversations, rankings and prompt
+//! sets, and the built-in world with its gold judge. No tensors.
 
 pub mod atomic;
 pub mod conversation;
 pub mod corpus;
 mod error;
+pub mod prompts;
+pub mod ranking;
 pub mod rng;
 pub mod shard;
 pub mod world;

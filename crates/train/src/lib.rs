@@ -8,9 +8,13 @@ pub mod events;
 pub mod guard;
 pub mod metrics;
 pub mod optim;
+pub mod ppo;
 pub mod prepare;
 pub mod pretrain;
+pub mod report;
+pub mod reward;
 pub mod sft;
+pub mod stats;
 pub mod tasks_eval;
 
 pub use error::{Error, Result};

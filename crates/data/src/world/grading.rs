@@ -191,7 +191,7 @@ pub fn grade(task: &Task, reply: &str) -> bool {
 }
 
 /// Lower-cased, typographic quotes made plain, whitespace runs made one space, trimmed.
-fn normalize(s: &str) -> String {
+pub(crate) fn normalize(s: &str) -> String {
     let plain: String = s
         .chars()
         .map(|c| match c {
@@ -212,7 +212,7 @@ fn is_word_char(c: char) -> bool {
 }
 
 /// Byte offsets of whole-word occurrences of `needle` in `hay` (both normalised).
-fn find(hay: &str, needle: &str) -> Vec<usize> {
+pub(crate) fn find(hay: &str, needle: &str) -> Vec<usize> {
     if needle.is_empty() {
         return Vec::new();
     }
@@ -230,7 +230,7 @@ fn find(hay: &str, needle: &str) -> Vec<usize> {
         .collect()
 }
 
-fn any_phrase(r: &str, phrases: &[&str]) -> bool {
+pub(crate) fn any_phrase(r: &str, phrases: &[&str]) -> bool {
     phrases.iter().any(|p| !find(r, p).is_empty())
 }
 
@@ -298,7 +298,7 @@ fn words_of(s: &str) -> Vec<String> {
 }
 
 /// Whether an "I don't know" reply invents a specific value not in `asked`.
-fn invents(reply: &str, asked: &str) -> bool {
+pub(crate) fn invents(reply: &str, asked: &str) -> bool {
     let asked_words: std::collections::HashSet<String> =
         words_of(asked).iter().map(|w| w.to_lowercase()).collect();
     let asked_numbers = numbers(&normalize(asked));

@@ -10,6 +10,10 @@
 //! - [`write_world`] writes `world.json` and `corpus/{train,val}.txt`.
 //! - [`sft_tasks`] generates SFT tasks with verifiable answers in disjoint splits ([`tasks`]),
 //!   [`grade`] checks a reply against one ([`grading`]), and [`write_sft`] writes `sft/*.jsonl`.
+//! - [`write_prompt_sets`] writes the prompts to rank, for PPO and for evaluation
+//!   (`prompts/*.jsonl`, [`prompt_sets`]).
+//! - [`judge`](judge::judge) grades a reply for helpfulness, honesty, harmlessness and form,
+//!   and [`rank`] ranks several, with labeller noise ([`judge`]).
 
 #[macro_use]
 mod text;
@@ -22,9 +26,11 @@ mod draw;
 mod generate;
 pub mod grading;
 pub mod harm;
+pub mod judge;
 pub mod lessons;
 pub mod names;
 pub mod numbers;
+pub mod prompt_sets;
 mod questions;
 pub mod stories;
 pub mod tasks;
@@ -38,6 +44,8 @@ use crate::error::{Error, Result};
 pub use corpus::{corpus_documents, write_world, WorldFiles, DEFAULT_CORPUS_BYTES};
 pub use grading::grade;
 pub use harm::HarmCategory;
+pub use judge::{compare, rank, Verdict};
+pub use prompt_sets::{prompt_records, write_prompt_sets, PromptFiles, PromptSetSizes};
 pub use tasks::{
     kind_counts, read_tasks, sft_tasks, write_sft, write_tasks, Answer, SftFiles, Split, Task,
     TaskKind, TASK_MIX,
