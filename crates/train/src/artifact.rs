@@ -182,6 +182,15 @@ fn parse<T: serde::de::DeserializeOwned>(ck: &Checkpoint, name: &str) -> Result<
     })
 }
 
+/// The chat template a checkpoint was trained with (`template` in its stage config), Native
+/// when it does not say (a pretrained model).
+pub fn template_of(meta: &Meta) -> chatforge_tokenizer::chat::ChatTemplate {
+    meta.config
+        .get("template")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or(chatforge_tokenizer::chat::ChatTemplate::Native)
+}
+
 /// Reads `trainer_state.json` of a checkpoint into the stage's state type.
 pub fn trainer_state<T: serde::de::DeserializeOwned>(ck: &Checkpoint) -> Result<T> {
     parse(ck, "trainer_state.json")

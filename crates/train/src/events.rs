@@ -52,6 +52,11 @@ pub enum TrainEvent {
         step: u64,
         accuracy: crate::tasks_eval::TaskAccuracy,
     },
+    /// Held-out reward-model measures (pairwise accuracy, Kendall τ, score mean/std).
+    RewardEval {
+        step: u64,
+        eval: crate::reward::RewardEval,
+    },
     Sample {
         step: u64,
         prompt: String,
@@ -69,5 +74,14 @@ pub enum TrainEvent {
     Done {
         step: u64,
         path: PathBuf,
+    },
+    /// One PPO iteration's numbers.
+    Ppo(crate::ppo::PpoStats),
+    /// A PPO evaluation: win rate against SFT, reward-model score, alignment tax.
+    PpoEval(crate::ppo::PpoEval),
+    /// A training statistic drifted outside its healthy range (the run goes on).
+    Warning {
+        step: u64,
+        message: String,
     },
 }

@@ -59,6 +59,11 @@ impl MetricsLog {
             .map_err(io_at(&self.path))
     }
 
+    /// Appends any JSON record (it should carry `"step"` so that resume can trim it).
+    pub fn append_json(&mut self, v: &serde_json::Value) -> Result<()> {
+        self.write_value(v)
+    }
+
     /// Appends one step record.
     pub fn append(&mut self, m: &StepMetrics) -> Result<()> {
         let v = serde_json::to_value(m).map_err(|e| Error::State(e.to_string()))?;
