@@ -4,10 +4,17 @@
 
 mod bench;
 mod chat;
+mod eval;
+mod label;
+mod ppo;
 mod pretrain;
 mod progress;
+mod rank;
+mod reward;
 mod sample;
+mod score;
 mod sft;
+mod speedrun;
 mod tokenizer;
 mod world;
 
@@ -37,6 +44,20 @@ enum Command {
     Sft(Box<sft::SftArgs>),
     /// Chat with a model in the terminal.
     Chat(chat::ChatArgs),
+    /// Serve a local web page where people rank K sampled responses per prompt.
+    Label(label::LabelArgs),
+    /// Rank K sampled responses per prompt with a judge (the reward model's training data).
+    Rank(rank::RankArgs),
+    /// Train a reward model on rankings (K-wise, from an SFT checkpoint).
+    Reward(Box<reward::RewardArgs>),
+    /// Score prompt/response pairs or ranking records with a reward model (JSON lines).
+    Score(score::ScoreArgs),
+    /// RLHF: PPO against the reward model with a KL penalty to SFT (PPO-ptx with --ptx-coef).
+    Ppo(Box<ppo::PpoArgs>),
+    /// Compare models on held-out prompts: win rates, Elo, helpful/honest/harmless, KL, tax.
+    Eval(Box<eval::EvalArgs>),
+    /// The whole recipe on the built-in world, then a report card (report.md, report.json).
+    Speedrun(speedrun::SpeedrunArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -79,6 +100,13 @@ fn main() {
         Command::Sample(a) => sample::run(a),
         Command::Sft(a) => sft::run(*a),
         Command::Chat(a) => chat::run(a),
+        Command::Label(a) => label::run(a),
+        Command::Rank(a) => rank::run(a),
+        Command::Reward(a) => reward::run(*a),
+        Command::Score(a) => score::run(a),
+        Command::Ppo(a) => ppo::run(*a),
+        Command::Eval(a) => eval::run(*a),
+        Command::Speedrun(a) => speedrun::run(a),
         Command::Bench(c) => bench::run(c),
     };
     if let Err(e) = result {

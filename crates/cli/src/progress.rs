@@ -115,6 +115,81 @@ impl TrainProgress {
                 "[{}] WARNING step {step} skipped: {reason}",
                 self.stage
             )),
+            TrainEvent::Ppo(s) => {
+                if let Some(b) = &self.bar {
+                    b.set_position(s.step);
+                    b.set_message(format!(
+                        "score {:+.3} kl {:.2} β {:.3} len {:.0}",
+                        s.score_mean, s.kl, s.beta, s.response_len
+                    ));
+                    if b.is_hidden() {
+                        eprintln!(
+                            "[{}] step {} score {:+.3}±{:.3} kl {:.3} β {:.4} entropy {:.3} \
+                             pg {:+.4} vf {:.4} clip {:.3} approx-kl {:.4} ev {:.2} len {:.1} \
+                             ended {:.0}%{}",
+                            self.stage,
+                            s.step,
+                            s.score_mean,
+                            s.score_std,
+                            s.kl,
+                            s.beta,
+                            s.entropy,
+                            s.policy_loss,
+                            s.value_loss,
+                            s.clip_frac,
+                            s.approx_kl,
+                            s.explained_variance,
+                            s.response_len,
+                            100.0 * s.ended_frac,
+                            s.ptx_loss
+                                .map(|l| format!(" ptx {l:.4}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            TrainEvent::PpoEval(e) => {
+                let win = e
+                    .win_rate
+                    .as_ref()
+                    .map(|w| {
+                        format!(
+                            "win rate vs SFT {:.1}% [{:.1}, {:.1}] ({})",
+                            100.0 * w.rate,
+                            100.0 * w.lo,
+                            100.0 * w.hi,
+                            if e.gold_judge {
+                                "gold judge"
+                            } else {
+                                "reward model"
+                            }
+                        )
+                    })
+                    .unwrap_or_else(|| "no eval prompts".into());
+                let tax = e
+                    .pretrain_loss
+                    .map(|l| format!(", pretraining loss {l:.4}"))
+                    .unwrap_or_default();
+                let rm = e
+                    .rm_score
+                    .map(|s| format!(", RM score {s:+.3}"))
+                    .unwrap_or_default();
+                self.line(format!("[{}] step {}: {win}{rm}{tax}", self.stage, e.step))
+            }
+            TrainEvent::Warning { step, message } => {
+                self.line(format!("[{}] WARNING step {step}: {message}", self.stage))
+            }
+            TrainEvent::RewardEval { step, eval } => self.line(format!(
+                "[{}] step {step}: held-out pairwise accuracy {:.1}% ({} pairs), Kendall τ {:.3}, \
+                 loss {:.4}, reward {:+.3} ± {:.3}",
+                self.stage,
+                100.0 * eval.accuracy,
+                eval.pairs,
+                eval.kendall_tau,
+                eval.loss,
+                eval.reward_mean,
+                eval.reward_std
+            )),
             TrainEvent::Done { .. } => {}
         }
     }
@@ -124,4 +199,16 @@ impl TrainProgress {
             b.finish_and_clear();
         }
     }
+}
+
+/// A plain counting bar (`done / total`) on stderr, for stages that are not training loops.
+pub fn count_bar(prefix: &'static str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(4));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix);
+    bar
 }

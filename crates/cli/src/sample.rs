@@ -1,4 +1,8 @@
 //! `chatforge sample`: generate a continuation from a checkpoint, streamed to stdout.
+//!
+//! With `--best-of-n N --reward DIR` the prompt is a user message instead: N replies are
+//! sampled with the checkpoint's chat template, scored by the reward model, and the best is
+//! printed (`--show-all` prints every reply with its score, best first).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -32,9 +36,70 @@ pub struct SampleArgs {
     /// Number of samples.
     #[arg(long, default_value_t = 1)]
     n: usize,
+    /// Sample N chat replies to --prompt (a user message) and print the one the reward model
+    /// scores highest. Needs --reward.
+    #[arg(long, requires = "reward")]
+    best_of_n: Option<usize>,
+    /// The reward model for --best-of-n.
+    #[arg(long, requires = "best_of_n")]
+    reward: Option<PathBuf>,
+    /// With --best-of-n: print every reply with its score, best first.
+    #[arg(long, requires = "best_of_n")]
+    show_all: bool,
+}
+
+/// `--best-of-n`: sample `n` chat replies, print the best (or all, ranked).
+fn run_best_of_n(a: &SampleArgs, n: usize, reward: &std::path::Path) -> Result<()> {
+    use chatforge_data::conversation::Message;
+    use chatforge_train::best_of_n::best_of_n;
+    use chatforge_train::reward::{meta_template, RewardModel};
+
+    if a.prompt.trim().is_empty() {
+        anyhow::bail!("--best-of-n needs a --prompt (the user's message)");
+    }
+    let loaded = load_model(&a.model)
+        .with_context(|| format!("loading a model from {}", a.model.display()))?;
+    let rm = RewardModel::load(reward)
+        .with_context(|| format!("loading a reward model from {}", reward.display()))?;
+    let template = meta_template(&loaded.meta)?;
+    let params = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        max_tokens: a.max_tokens,
+        stop_tokens: Vec::new(),
+    };
+    let prompt = [Message::user(a.prompt.clone())];
+    let ranked = best_of_n(
+        &loaded.model,
+        &loaded.tokenizer,
+        template,
+        &rm,
+        &prompt,
+        n,
+        &params,
+    )?;
+    let mut out = std::io::stdout().lock();
+    if a.show_all {
+        for (i, (text, score, ended)) in ranked.iter().enumerate() {
+            let note = if *ended { "" } else { ", unfinished" };
+            writeln!(out, "#{} score {score:+.4}{note}\n{text}\n---", i + 1)?;
+        }
+    } else if let Some((text, score, ended)) = ranked.first() {
+        writeln!(out, "{text}")?;
+        eprintln!(
+            "(best of {n} by reward score {score:+.4}{})",
+            if *ended { "" } else { "; unfinished" }
+        );
+    }
+    Ok(())
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
+    if let (Some(n), Some(reward)) = (a.best_of_n, a.reward.as_deref()) {
+        return run_best_of_n(&a, n, reward);
+    }
     let loaded = load_model(&a.model)
         .with_context(|| format!("loading a model from {}", a.model.display()))?;
     let tok = &loaded.tokenizer;

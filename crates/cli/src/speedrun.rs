@@ -107,10 +107,14 @@ fn plan(preset: &str, seed: u64) -> Result<Plan> {
         ppo_epochs: 4,
         policy_lr: 3e-5,
         value_lr: 1e-4,
+        // Measured on the default preset (seed 1): β 0.05 with a slow controller let the
+        // KL reach 15 nats and the policy learned to answer everything with "I don't know"
+        // (harmless 100% → 5%); β 0.15 adapting toward 4 nats within a few hundred samples
+        // keeps refusals (82%) and wins as often.
         kl: KlControl::Adaptive {
-            beta: 0.05,
-            target: 3.0,
-            horizon: 2_000.0,
+            beta: 0.15,
+            target: 4.0,
+            horizon: 500.0,
         },
         eval_every: pick(3, 8),
         eval_prompts: pick(32, 100) as usize,
@@ -576,6 +580,13 @@ fn write_report(
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots)?;
     let m = |stage: &str| out.join(stage).join("metrics.jsonl");
+    // One line for PPO and one for PPO-ptx, from their metrics records of `kind`.
+    let ppo_chart = |file: &'static str, title: &str, y: &str, kind: &str, field: &[&str]| {
+        let chart = Chart::new(title, "PPO step", y)
+            .with("PPO", series(&m("ppo"), Some(kind), field))
+            .with("PPO-ptx", series(&m("ppo-ptx"), Some(kind), field));
+        (file, chart)
+    };
     let charts: Vec<(&str, Chart)> = vec![
         (
             "pretrain_loss.png",
@@ -611,78 +622,54 @@ fn write_report(
                     series(&m("reward-pairwise"), None, &["loss"]),
                 ),
         ),
-        (
+        ppo_chart(
             "ppo_score.png",
-            Chart::new("Reward-model score of rollouts", "PPO step", "raw score")
-                .with("PPO", series(&m("ppo"), Some("ppo"), &["score_mean"]))
-                .with(
-                    "PPO-ptx",
-                    series(&m("ppo-ptx"), Some("ppo"), &["score_mean"]),
-                ),
+            "Reward-model score of rollouts",
+            "raw score",
+            "ppo",
+            &["score_mean"],
         ),
-        (
+        ppo_chart(
             "ppo_kl.png",
-            Chart::new("KL to SFT per response", "PPO step", "nats")
-                .with("PPO", series(&m("ppo"), Some("ppo"), &["kl"]))
-                .with("PPO-ptx", series(&m("ppo-ptx"), Some("ppo"), &["kl"])),
+            "KL to SFT per response",
+            "nats",
+            "ppo",
+            &["kl"],
         ),
-        (
+        ppo_chart(
             "ppo_beta.png",
-            Chart::new("KL coefficient beta", "PPO step", "beta")
-                .with("PPO", series(&m("ppo"), Some("ppo"), &["beta"]))
-                .with("PPO-ptx", series(&m("ppo-ptx"), Some("ppo"), &["beta"])),
+            "KL coefficient beta",
+            "beta",
+            "ppo",
+            &["beta"],
         ),
-        (
+        ppo_chart(
             "ppo_win_rate.png",
-            Chart::new(
-                "Win rate against SFT (held-out, gold judge)",
-                "PPO step",
-                "win rate",
-            )
-            .with(
-                "PPO",
-                series(&m("ppo"), Some("ppo_eval"), &["win_rate", "rate"]),
-            )
-            .with(
-                "PPO-ptx",
-                series(&m("ppo-ptx"), Some("ppo_eval"), &["win_rate", "rate"]),
-            ),
+            "Win rate against SFT (held-out, gold judge)",
+            "win rate",
+            "ppo_eval",
+            &["win_rate", "rate"],
         ),
-        (
+        ppo_chart(
             "alignment_tax.png",
-            Chart::new(
-                "Held-out pretraining loss (alignment tax)",
-                "PPO step",
-                "nats/token",
-            )
-            .with(
-                "PPO",
-                series(&m("ppo"), Some("ppo_eval"), &["pretrain_loss"]),
-            )
-            .with(
-                "PPO-ptx",
-                series(&m("ppo-ptx"), Some("ppo_eval"), &["pretrain_loss"]),
-            ),
+            "Held-out pretraining loss (alignment tax)",
+            "nats/token",
+            "ppo_eval",
+            &["pretrain_loss"],
         ),
-        (
-            "ppo_losses.png",
-            Chart::new("PPO losses", "PPO step", "loss")
-                .with(
-                    "policy (PPO)",
-                    series(&m("ppo"), Some("ppo"), &["policy_loss"]),
-                )
-                .with(
-                    "value (PPO)",
-                    series(&m("ppo"), Some("ppo"), &["value_loss"]),
-                )
-                .with(
-                    "policy (PPO-ptx)",
-                    series(&m("ppo-ptx"), Some("ppo"), &["policy_loss"]),
-                )
-                .with(
-                    "value (PPO-ptx)",
-                    series(&m("ppo-ptx"), Some("ppo"), &["value_loss"]),
-                ),
+        ppo_chart(
+            "ppo_policy_loss.png",
+            "PPO policy loss",
+            "loss",
+            "ppo",
+            &["policy_loss"],
+        ),
+        ppo_chart(
+            "ppo_value_loss.png",
+            "PPO value loss",
+            "loss",
+            "ppo",
+            &["value_loss"],
         ),
     ];
     for (file, chart) in &charts {

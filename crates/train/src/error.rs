@@ -24,6 +24,8 @@ pub enum Error {
     Diverged { step: u64, reason: String },
     #[error("refusing to save a checkpoint: tensor {0} is not finite")]
     NonFiniteTensor(String),
+    #[error("plot: {0}")]
+    Plot(String),
     #[error(transparent)]
     Model(#[from] chatforge_model::Error),
     #[error(transparent)]

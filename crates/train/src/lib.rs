@@ -3,7 +3,9 @@
 
 pub mod artifact;
 pub mod batch;
+pub mod best_of_n;
 mod error;
+pub mod eval;
 pub mod events;
 pub mod guard;
 pub mod metrics;
@@ -11,6 +13,7 @@ pub mod optim;
 pub mod ppo;
 pub mod prepare;
 pub mod pretrain;
+pub mod rank;
 pub mod report;
 pub mod reward;
 pub mod sft;
