@@ -149,15 +149,8 @@ pub fn run(a: LabelArgs) -> Result<()> {
 
     let loaded = load_model(&a.model)
         .with_context(|| format!("loading a model from {}", a.model.display()))?;
-    let template = match loaded.meta.config.get("template") {
-        None => ChatTemplate::Native,
-        Some(v) => serde_json::from_value(v.clone()).with_context(|| {
-            format!(
-                "{}: meta.json config.template is not a chat template",
-                loaded.checkpoint.dir.display()
-            )
-        })?,
-    };
+    let template = chatforge_train::artifact::template_of(&loaded.meta)
+        .with_context(|| format!("{}: meta.json", loaded.checkpoint.dir.display()))?;
     let end = assistant_end(&loaded.tokenizer, template)?;
     let eot = loaded.tokenizer.special(Special::Eot);
     let params = SamplingParams {

@@ -52,7 +52,7 @@ pub struct SampleArgs {
 fn run_best_of_n(a: &SampleArgs, n: usize, reward: &std::path::Path) -> Result<()> {
     use chatforge_data::conversation::Message;
     use chatforge_train::best_of_n::best_of_n;
-    use chatforge_train::reward::{meta_template, RewardModel};
+    use chatforge_train::reward::RewardModel;
 
     if a.prompt.trim().is_empty() {
         anyhow::bail!("--best-of-n needs a --prompt (the user's message)");
@@ -61,7 +61,7 @@ fn run_best_of_n(a: &SampleArgs, n: usize, reward: &std::path::Path) -> Result<(
         .with_context(|| format!("loading a model from {}", a.model.display()))?;
     let rm = RewardModel::load(reward)
         .with_context(|| format!("loading a reward model from {}", reward.display()))?;
-    let template = meta_template(&loaded.meta)?;
+    let template = chatforge_train::artifact::template_of(&loaded.meta)?;
     let params = SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,

@@ -182,13 +182,14 @@ fn parse<T: serde::de::DeserializeOwned>(ck: &Checkpoint, name: &str) -> Result<
     })
 }
 
-/// The chat template a checkpoint was trained with (`template` in its stage config), Native
-/// when it does not say (a pretrained model).
-pub fn template_of(meta: &Meta) -> chatforge_tokenizer::chat::ChatTemplate {
-    meta.config
-        .get("template")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or(chatforge_tokenizer::chat::ChatTemplate::Native)
+/// The chat template a checkpoint was trained with (`template` in its stage config), the native
+/// one for stages that have none (pretraining); an unreadable value is an error.
+pub fn template_of(meta: &Meta) -> Result<chatforge_tokenizer::chat::ChatTemplate> {
+    match meta.config.get("template") {
+        None | Some(serde_json::Value::Null) => Ok(chatforge_tokenizer::chat::ChatTemplate::Native),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| Error::State(format!("checkpoint config: template: {e}"))),
+    }
 }
 
 /// Reads `trainer_state.json` of a checkpoint into the stage's state type.
@@ -210,8 +211,19 @@ pub fn load_optimizer(ck: &Checkpoint, params: &Params, opt: &mut AdamW) -> Resu
     opt.load_state(&var_map(params), &tensors, step)
 }
 
-/// Loads weights, config and tokenizer of the checkpoint at (or newest under) `path`.
-pub fn load_model(path: &Path) -> Result<LoadedModel> {
+/// A checkpoint's files, read and cross-checked: config, meta, the tokenizer (against the hash
+/// in `meta.json` and the vocabulary size), and the weights, whose names and shapes the caller
+/// checks against what it builds.
+pub struct Parts {
+    pub checkpoint: Checkpoint,
+    pub config: GptConfig,
+    pub meta: Meta,
+    pub tokenizer: Tokenizer,
+    pub params: Params,
+}
+
+/// Reads the checkpoint at (or newest under) `path` into [`Parts`].
+pub fn load_parts(path: &Path) -> Result<Parts> {
     let checkpoint = find_checkpoint(path)?;
     let config: GptConfig = parse(&checkpoint, "config.json")?;
     config.validate()?;
@@ -240,6 +252,24 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
     }
     let tensors = safetensors_from_bytes(&checkpoint.read("model.safetensors")?, &Device::Cpu)?;
     let params = Params::from_tensors(tensors)?;
+    Ok(Parts {
+        checkpoint,
+        config,
+        meta,
+        tokenizer,
+        params,
+    })
+}
+
+/// Loads weights, config and tokenizer of the checkpoint at (or newest under) `path`.
+pub fn load_model(path: &Path) -> Result<LoadedModel> {
+    let Parts {
+        checkpoint,
+        config,
+        meta,
+        tokenizer,
+        params,
+    } = load_parts(path)?;
     params.check(&Params::expected_shapes(&config))?;
     // Inference: weights enter the graph as constants, so the KV cache holds no autograd graph.
     let model = Gpt::new(&config, params.frozen_var_builder(DType::F32))?;

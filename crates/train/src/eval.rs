@@ -208,7 +208,7 @@ fn assistant_replies(
     cfg: &EvalConfig,
     on_reply: &mut dyn FnMut(),
 ) -> Result<Vec<Reply>> {
-    let template = template_of(&m.meta);
+    let template = template_of(&m.meta)?;
     let end = assistant_end(&m.tokenizer, template)?;
     let mut out = Vec::with_capacity(prompts.len());
     for (i, rec) in prompts.iter().enumerate() {
@@ -296,7 +296,7 @@ fn best_of_n_replies(
     cfg: &EvalConfig,
     on_reply: &mut dyn FnMut(),
 ) -> Result<Vec<Reply>> {
-    let template = template_of(&m.meta);
+    let template = template_of(&m.meta)?;
     let mut out = Vec::with_capacity(prompts.len());
     for (i, rec) in prompts.iter().enumerate() {
         let params = SamplingParams {
@@ -335,7 +335,7 @@ fn kl_to_reference(
     prompts: &[PromptRecord],
     cfg: &EvalConfig,
 ) -> Result<f64> {
-    let template = template_of(&m.meta);
+    let template = template_of(&m.meta)?;
     let end = assistant_end(&m.tokenizer, template)?;
     let pad = m.tokenizer.special(Special::Eot);
     let mut total = 0.0;

@@ -103,7 +103,7 @@ pub fn collect(
         )));
     }
     let loaded = load_model(model)?;
-    let template = template_of(&loaded.meta);
+    let template = template_of(&loaded.meta)?;
     let tok = &loaded.tokenizer;
     let end = assistant_end(tok, template)?;
     let opts = ReadOptions {

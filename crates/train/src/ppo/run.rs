@@ -488,7 +488,7 @@ pub fn run(
     };
     let sft = load_model(&paths.policy)?;
     let mut cfg = cfg_in.clone();
-    cfg.template = template_of(&sft.meta);
+    cfg.template = template_of(&sft.meta)?;
     let template = cfg.template;
     let rm = RewardModel::load(&paths.reward)?;
     if rm.tokenizer().hash() != sft.tokenizer.hash() {

@@ -20,12 +20,12 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use chatforge_data::conversation::Message;
 use chatforge_data::Rng;
-use chatforge_model::checkpoint::{safetensors_from_bytes, Checkpoint};
+use chatforge_model::checkpoint::Checkpoint;
 use chatforge_model::{Gpt, GptConfig, Params, ScalarHead};
 use chatforge_tokenizer::chat::{assistant_end, render_prompt, ChatTemplate};
 use chatforge_tokenizer::{Special, Tokenizer};
 
-use crate::artifact::{find_checkpoint, Meta};
+use crate::artifact::Meta;
 use crate::{Error, Result};
 
 /// Rows per forward pass when scoring many rows (memory bound, not a semantic setting).
@@ -179,16 +179,6 @@ pub fn init_score_head(cfg: &GptConfig, seed: u64) -> Result<Params> {
     Ok(Params::from_tensors(tensors)?)
 }
 
-/// The chat template recorded in a checkpoint's stage config (`template`), or the native one
-/// for stages that have none (pretraining).
-pub fn meta_template(meta: &Meta) -> Result<ChatTemplate> {
-    match meta.config.get("template") {
-        None | Some(serde_json::Value::Null) => Ok(ChatTemplate::Native),
-        Some(v) => serde_json::from_value(v.clone())
-            .map_err(|e| Error::State(format!("checkpoint config: template: {e}"))),
-    }
-}
-
 /// A reward (or value) checkpoint loaded as parameters, with what is needed to use it.
 pub struct LoadedScalar {
     pub config: GptConfig,
@@ -199,53 +189,25 @@ pub struct LoadedScalar {
     pub checkpoint: Checkpoint,
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(ck: &Checkpoint, name: &str) -> Result<T> {
-    serde_json::from_slice(&ck.read(name)?).map_err(|e| Error::File {
-        path: ck.dir.join(name),
-        msg: e.to_string(),
-    })
-}
-
 /// Loads a reward checkpoint (a checkpoint directory, or a run directory's newest one): the
 /// config, the tokenizer (checked against the hash in `meta.json` and the vocabulary size), and
 /// the weights, whose names and shapes must be exactly the language model's plus
 /// `score_head.weight` and `score_head.bias`.
 pub fn load_scalar(path: &Path) -> Result<LoadedScalar> {
-    let checkpoint = find_checkpoint(path)?;
-    let config: GptConfig = parse_json(&checkpoint, "config.json")?;
-    config.validate()?;
-    let meta: Meta = parse_json(&checkpoint, "meta.json")?;
-    let tok_bytes = checkpoint.read("tokenizer.json")?;
-    let tok_text = std::str::from_utf8(&tok_bytes).map_err(|e| Error::File {
-        path: checkpoint.dir.join("tokenizer.json"),
-        msg: format!("not UTF-8: {e}"),
-    })?;
-    let tokenizer = Tokenizer::from_json(tok_text)?;
-    if tokenizer.hash() != meta.tokenizer_hash {
-        return Err(Error::File {
-            path: checkpoint.dir.join("tokenizer.json"),
-            msg: "tokenizer does not match the hash recorded in meta.json".into(),
-        });
-    }
-    if tokenizer.vocab_size() != config.vocab_size {
-        return Err(Error::File {
-            path: checkpoint.dir.join("config.json"),
-            msg: format!(
-                "vocab_size {} differs from the tokenizer's {}",
-                config.vocab_size,
-                tokenizer.vocab_size()
-            ),
-        });
-    }
-    let tensors = safetensors_from_bytes(&checkpoint.read("model.safetensors")?, &Device::Cpu)?;
-    let params = Params::from_tensors(tensors)?;
+    let crate::artifact::Parts {
+        checkpoint,
+        config,
+        meta,
+        tokenizer,
+        params,
+    } = crate::artifact::load_parts(path)?;
     let mut expected = Params::expected_shapes(&config);
     expected.extend(ScalarHead::expected_shapes(&config));
     params.check(&expected).map_err(|e| Error::File {
         path: checkpoint.dir.join("model.safetensors"),
         msg: format!("not a reward-model checkpoint: {e}"),
     })?;
-    let template = meta_template(&meta)?;
+    let template = crate::artifact::template_of(&meta)?;
     Ok(LoadedScalar {
         config,
         params,

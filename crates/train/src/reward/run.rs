@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::eval::{is_heldout, measures, prepare, score_all, Prepared, RewardEval};
 use super::loss::{ranking_step_grads, RankedGroup};
-use super::model::{init_score_head, load_scalar, meta_template, ScalarModel};
+use super::model::{init_score_head, load_scalar, ScalarModel};
 use crate::artifact::{self, load_model, var_map, StageWriter};
 use crate::batch::{Cursor, EpochOrder};
 use crate::error::io_at;
@@ -303,7 +303,7 @@ pub fn run(
         None => {
             let base = load_model(&paths.base)?;
             if cfg.template.is_none() {
-                cfg.template = Some(meta_template(&base.meta)?);
+                cfg.template = Some(crate::artifact::template_of(&base.meta)?);
             }
             let mut params = base.params;
             params.extend(init_score_head(&base.config, cfg.seed)?)?;
