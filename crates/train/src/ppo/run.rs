@@ -661,9 +661,9 @@ pub fn run(
     });
 
     let frozen = |p: &Params| Gpt::new(&model_cfg, p.frozen_var_builder(DType::F32));
-    if state.step == 0 && state.first_eval.is_none() {
-        let e = evaluate_policy(
-            0,
+    let evaluate_at = |step: u64| -> Result<PpoEval> {
+        evaluate_policy(
+            step,
             &frozen(&policy_params)?,
             &eval_set,
             &rm,
@@ -671,7 +671,10 @@ pub fn run(
             end,
             cfg.max_new_tokens,
             tax,
-        )?;
+        )
+    };
+    if state.step == 0 && state.first_eval.is_none() {
+        let e = evaluate_at(0)?;
         metrics.append_json(&tagged("ppo_eval", &e)?)?;
         on_event(&TrainEvent::PpoEval(e.clone()));
         state.first_eval = Some(e);
@@ -918,16 +921,7 @@ pub fn run(
 
         let is_last = state.step == cfg.steps;
         if state.step % cfg.eval_every == 0 || is_last {
-            let e = evaluate_policy(
-                state.step,
-                &frozen(&policy_params)?,
-                &eval_set,
-                &rm,
-                &tok,
-                end,
-                cfg.max_new_tokens,
-                tax,
-            )?;
+            let e = evaluate_at(state.step)?;
             metrics.append_json(&tagged("ppo_eval", &e)?)?;
             on_event(&TrainEvent::PpoEval(e.clone()));
             last_eval = Some(e);

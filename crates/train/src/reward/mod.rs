@@ -44,7 +44,7 @@ pub use loss::{
     weighted_pair_loss, RankedGroup,
 };
 pub use model::{
-    init_score_head, load_scalar, pad_rows, response_ids, reward_row, score_rows,
-    LoadedScalar, RewardModel, ScalarModel, SCORE_BATCH_ROWS,
+    init_score_head, load_scalar, pad_rows, response_ids, reward_row, score_rows, LoadedScalar,
+    RewardModel, ScalarModel, SCORE_BATCH_ROWS,
 };
 pub use run::{run, trainable, RewardConfig, RewardPaths, RewardSummary};
