@@ -2,12 +2,16 @@
 //! training loop. `run.rs` describes the algorithm top to bottom.
 
 pub mod advantage;
+mod config;
 pub mod control;
+mod guardrails;
+mod heldout;
 pub mod loss;
 pub mod rollout;
 mod run;
+mod shaping;
 
-pub use run::{
-    divergence, guardrails, run, token_rewards, whiten_scores, PpoConfig, PpoEval, PpoPaths,
-    PpoStats, PpoSummary,
-};
+pub use config::{PpoConfig, PpoEval, PpoPaths, PpoStats, PpoSummary};
+pub use guardrails::{divergence, guardrails};
+pub use run::run;
+pub use shaping::{token_rewards, whiten_scores};

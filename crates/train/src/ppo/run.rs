@@ -48,190 +48,31 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use chatforge_data::corpus::ReadOptions;
-use chatforge_data::prompts::{read_prompts, PromptRecord};
-use chatforge_data::world::judge;
-use chatforge_engine::{generate, FinishReason, SamplingParams};
+use chatforge_data::prompts::read_prompts;
+use chatforge_engine::SamplingParams;
 use chatforge_model::checkpoint::{step_dir_name, Checkpoint};
 use chatforge_model::{Gpt, GptConfig, Params};
-use chatforge_tokenizer::chat::{assistant_end, render_prompt, ChatTemplate};
-use chatforge_tokenizer::{Special, Tokenizer};
+use chatforge_tokenizer::chat::assistant_end;
+use chatforge_tokenizer::Special;
 use serde::{Deserialize, Serialize};
 
 use super::advantage::{explained_variance, gae, masked_whiten};
+use super::config::{check_config, PpoConfig, PpoEval, PpoPaths, PpoStats, PpoSummary};
 use super::control::{KlControl, RunningMoments};
-use super::loss::{kl_k1, policy_loss, value_loss};
+use super::guardrails::{divergence, guardrails};
+use super::heldout::{evaluate_policy, greedy, render_prompts, text_of, EvalSet};
+use super::loss::{policy_loss, value_loss};
 use super::rollout::{self, per_row, to_grid, token_logprobs, token_values, Rollout};
+use super::shaping::{token_rewards, whiten_scores};
 use crate::artifact::{self, load_model, template_of, var_map, StageWriter};
-use crate::batch::{eval_rows, Batch, Cursor, EpochOrder, RowLoader};
+use crate::batch::{eval_rows, Cursor, EpochOrder, RowLoader};
 use crate::events::TrainEvent;
 use crate::metrics::MetricsLog;
 use crate::optim::{accumulate_grads, clip_grads, AdamW, FlatGrads, OptimConfig};
 use crate::prepare::{prepare_shards, CorpusSpec};
-use crate::pretrain::{evaluate, token_byte_lengths};
+use crate::pretrain::token_byte_lengths;
 use crate::reward::{load_scalar, reward_row, RewardModel, ScalarModel};
-use crate::stats::{win_rate, WinRate};
 use crate::{Error, Result};
-
-/// Everything that defines a PPO run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PpoConfig {
-    /// Rollout-and-update iterations (the run's steps).
-    pub steps: u64,
-    pub prompts_per_iteration: usize,
-    pub samples_per_prompt: usize,
-    /// Responses per minibatch.
-    pub minibatch_size: usize,
-    pub ppo_epochs: usize,
-    /// Sampling temperature of rollouts (and of the recomputed log-probs).
-    pub temperature: f32,
-    pub max_new_tokens: usize,
-    pub policy_lr: f64,
-    pub value_lr: f64,
-    pub grad_clip: f64,
-    pub gamma: f64,
-    pub lam: f64,
-    /// ε of the clipped surrogate.
-    pub clip_range: f64,
-    /// ε of the clipped value loss.
-    pub clip_range_value: f64,
-    /// The KL penalty coefficient β: fixed or adaptive.
-    pub kl: KlControl,
-    /// Subtracted from the whitened score of a response that never ends.
-    pub missing_eos_penalty: f64,
-    /// γ_ptx: weight of the pretraining loss in the policy objective (0 = plain PPO).
-    pub ptx_coef: f64,
-    pub ptx_batch_size: usize,
-    pub ptx_seq_len: usize,
-    /// Stop when the mean KL per response exceeds this many nats.
-    pub kl_stop: f64,
-    pub eval_every: u64,
-    /// Held-out prompts judged at each evaluation.
-    pub eval_prompts: usize,
-    pub checkpoint_every: u64,
-    pub keep_checkpoints: usize,
-    pub skip_bad_records: bool,
-    pub seed: u64,
-    /// The chat template (taken from the SFT checkpoint).
-    pub template: ChatTemplate,
-}
-
-impl Default for PpoConfig {
-    fn default() -> Self {
-        Self {
-            steps: 100,
-            prompts_per_iteration: 16,
-            samples_per_prompt: 4,
-            minibatch_size: 16,
-            ppo_epochs: 4,
-            temperature: 1.0,
-            max_new_tokens: 48,
-            policy_lr: 1e-5,
-            value_lr: 1e-4,
-            grad_clip: 1.0,
-            gamma: 1.0,
-            lam: 0.95,
-            clip_range: 0.2,
-            clip_range_value: 0.2,
-            kl: KlControl::Adaptive {
-                beta: 0.1,
-                target: 6.0,
-                horizon: 10_000.0,
-            },
-            missing_eos_penalty: 1.0,
-            ptx_coef: 0.0,
-            ptx_batch_size: 4,
-            ptx_seq_len: 128,
-            kl_stop: 50.0,
-            eval_every: 20,
-            eval_prompts: 64,
-            checkpoint_every: 20,
-            keep_checkpoints: 2,
-            skip_bad_records: false,
-            seed: 1337,
-            template: ChatTemplate::Native,
-        }
-    }
-}
-
-/// Inputs and output of a PPO run.
-#[derive(Debug, Clone)]
-pub struct PpoPaths {
-    /// The SFT checkpoint: the policy's start and the frozen reference.
-    pub policy: PathBuf,
-    /// The reward model: frozen scorer and the value model's start.
-    pub reward: PathBuf,
-    /// Training prompts (JSONL of `{"prompt": [...]}`).
-    pub prompts: Vec<PathBuf>,
-    /// Held-out prompts for the win rate (with world tasks for the gold judge, when available).
-    pub eval_prompts: Option<PathBuf>,
-    /// Pretraining corpus: required for PPO-ptx; with `pretrain_val` it also measures the
-    /// alignment tax.
-    pub pretrain_train: Vec<PathBuf>,
-    pub pretrain_val: Vec<PathBuf>,
-    pub out: PathBuf,
-}
-
-/// One iteration's numbers (also a `metrics.jsonl` record, `"kind": "ppo"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PpoStats {
-    pub step: u64,
-    /// Raw reward-model score of the rollouts.
-    pub score_mean: f64,
-    pub score_std: f64,
-    /// Mean KL to the reference per response (sum over its tokens, k1 estimator).
-    pub kl: f64,
-    /// Mean per-response sum of the KL penalty `−β·kl`.
-    pub non_score_reward: f64,
-    pub beta: f64,
-    /// Mean entropy per response token (nats).
-    pub entropy: f64,
-    pub policy_loss: f64,
-    pub value_loss: f64,
-    pub clip_frac: f64,
-    pub value_clip_frac: f64,
-    pub approx_kl: f64,
-    pub explained_variance: f64,
-    pub response_len: f64,
-    /// Share of responses that ended with the assistant-end token.
-    pub ended_frac: f64,
-    /// Largest |log π_train − log π_rollout| at the first minibatch of the first epoch.
-    pub logprob_mismatch: f64,
-    /// Largest |ratio − 1| at the first minibatch of the first epoch.
-    pub ratio_dev_first: f64,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub ptx_loss: Option<f64>,
-    pub policy_grad_norm: f64,
-    pub value_grad_norm: f64,
-    pub rollout_s: f64,
-    pub train_s: f64,
-    pub elapsed_s: f64,
-}
-
-/// Held-out numbers at one evaluation (a `metrics.jsonl` record, `"kind": "ppo_eval"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PpoEval {
-    pub step: u64,
-    /// Win rate of the policy's greedy responses against SFT's (ties count half).
-    pub win_rate: Option<WinRate>,
-    /// Whether the judge was the world's gold judge (else the reward model).
-    pub gold_judge: bool,
-    /// Mean raw reward-model score of the policy's greedy responses (none without eval
-    /// prompts).
-    pub rm_score: Option<f64>,
-    /// Held-out pretraining loss (nats/token): the alignment tax against step 0.
-    pub pretrain_loss: Option<f64>,
-}
-
-/// What a finished run reports.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PpoSummary {
-    pub steps: u64,
-    pub first_eval: Option<PpoEval>,
-    pub last_eval: Option<PpoEval>,
-    pub last_stats: Option<PpoStats>,
-    pub checkpoint: PathBuf,
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Skips {
@@ -250,50 +91,6 @@ struct LoopState {
     policy_skips: Skips,
     value_skips: Skips,
     first_eval: Option<PpoEval>,
-}
-
-fn check_config(cfg: &PpoConfig) -> Result<()> {
-    for (name, v) in [
-        ("prompts_per_iteration", cfg.prompts_per_iteration as u64),
-        ("samples_per_prompt", cfg.samples_per_prompt as u64),
-        ("minibatch_size", cfg.minibatch_size as u64),
-        ("ppo_epochs", cfg.ppo_epochs as u64),
-        ("max_new_tokens", cfg.max_new_tokens as u64),
-        ("eval_every", cfg.eval_every),
-        ("checkpoint_every", cfg.checkpoint_every),
-    ] {
-        if v == 0 {
-            return Err(Error::Config(format!("{name} must be at least 1")));
-        }
-    }
-    let bad = |x: f64| !x.is_finite() || x < 0.0;
-    if bad(cfg.temperature as f64) || cfg.temperature == 0.0 {
-        return Err(Error::Config(
-            "temperature must be positive: PPO samples its rollouts".into(),
-        ));
-    }
-    for (name, v) in [
-        ("policy_lr", cfg.policy_lr),
-        ("value_lr", cfg.value_lr),
-        ("clip_range", cfg.clip_range),
-        ("clip_range_value", cfg.clip_range_value),
-        ("ptx_coef", cfg.ptx_coef),
-        ("missing_eos_penalty", cfg.missing_eos_penalty),
-        ("gamma", cfg.gamma),
-        ("lam", cfg.lam),
-    ] {
-        if bad(v) {
-            return Err(Error::Config(format!(
-                "{name} must be finite and non-negative"
-            )));
-        }
-    }
-    if cfg.kl.beta() < 0.0 || !cfg.kl.beta().is_finite() {
-        return Err(Error::Config(
-            "kl beta must be finite and non-negative".into(),
-        ));
-    }
-    Ok(())
 }
 
 fn optimizer(lr: f64, grad_clip: f64) -> AdamW {
@@ -349,109 +146,7 @@ fn finite_step(
     Ok(norm)
 }
 
-/// Rendered prompts: (index in the prompt file, ids).
-type Rendered = Vec<(usize, Vec<u32>)>;
-
-/// A rendered prompt set: every prompt that leaves room for a response, and how many did not.
-fn render_prompts(
-    tok: &Tokenizer,
-    template: ChatTemplate,
-    recs: &[PromptRecord],
-    max_len: usize,
-) -> Result<(Rendered, usize)> {
-    let mut out = Vec::new();
-    let mut dropped = 0;
-    for (i, r) in recs.iter().enumerate() {
-        let ids = render_prompt(tok, &r.prompt, template)?;
-        if ids.len() <= max_len {
-            out.push((i, ids));
-        } else {
-            dropped += 1;
-        }
-    }
-    Ok((out, dropped))
-}
-
-/// Greedy response ids (end token included when it ended) and whether it ended.
-fn greedy(model: &Gpt, prompt: &[u32], end: u32, max_tokens: usize) -> Result<(Vec<u32>, bool)> {
-    let params = SamplingParams {
-        temperature: 0.0,
-        max_tokens,
-        stop_tokens: vec![end],
-        ..SamplingParams::default()
-    };
-    let g = generate(model, prompt, &params, |_| true)?;
-    Ok((g.tokens, g.finish == FinishReason::Stop))
-}
-
-fn text_of(tok: &Tokenizer, ids: &[u32], end: u32) -> Result<String> {
-    let ids: Vec<u32> = ids.iter().copied().filter(|&i| i != end).collect();
-    Ok(String::from_utf8_lossy(&tok.decode_bytes(&ids)?).into_owned())
-}
-
-/// Held-out prompts and SFT's greedy responses to them (computed once per run).
-struct EvalSet {
-    prompts: Vec<(PromptRecord, Vec<u32>)>,
-    sft: Vec<(String, bool)>,
-    sft_scores: Vec<f32>,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn evaluate_policy(
-    step: u64,
-    policy: &Gpt,
-    set: &EvalSet,
-    rm: &RewardModel,
-    tok: &Tokenizer,
-    end: u32,
-    max_tokens: usize,
-    pretrain: Option<(&[Batch], &[u32])>,
-) -> Result<PpoEval> {
-    let (mut w, mut t, mut l) = (0usize, 0usize, 0usize);
-    let mut gold = !set.prompts.is_empty();
-    let mut rows = Vec::with_capacity(set.prompts.len());
-    let mut texts = Vec::with_capacity(set.prompts.len());
-    for (rec, ids) in &set.prompts {
-        let (resp, ended) = greedy(policy, ids, end, max_tokens)?;
-        rows.push(reward_row(tok, rm.template(), ids, &resp));
-        texts.push((text_of(tok, &resp, end)?, ended));
-        gold &= rec.task.is_some();
-    }
-    let scores = if rows.is_empty() {
-        Vec::new()
-    } else {
-        rm.score_ids(&rows)?
-    };
-    for (i, (rec, _)) in set.prompts.iter().enumerate() {
-        let (a, ea) = (texts[i].0.as_str(), texts[i].1);
-        let (b, eb) = (set.sft[i].0.as_str(), set.sft[i].1);
-        let ord = match (gold, rec.task()) {
-            (true, Some(task)) => judge::compare(&task, (a, ea), (b, eb)),
-            _ => scores[i]
-                .partial_cmp(&set.sft_scores[i])
-                .unwrap_or(std::cmp::Ordering::Equal),
-        };
-        match ord {
-            std::cmp::Ordering::Greater => w += 1,
-            std::cmp::Ordering::Equal => t += 1,
-            std::cmp::Ordering::Less => l += 1,
-        }
-    }
-    let pretrain_loss = match pretrain {
-        Some((rows, bytes)) => Some(evaluate(policy, rows, bytes)?.0),
-        None => None,
-    };
-    Ok(PpoEval {
-        step,
-        win_rate: (!set.prompts.is_empty()).then(|| win_rate(w, t, l)),
-        gold_judge: gold,
-        rm_score: (!scores.is_empty())
-            .then(|| mean(&scores.iter().map(|&s| s as f64).collect::<Vec<_>>())),
-        pretrain_loss,
-    })
-}
-
-fn mean(xs: &[f64]) -> f64 {
+pub(super) fn mean(xs: &[f64]) -> f64 {
     if xs.is_empty() {
         return f64::NAN;
     }
@@ -952,42 +647,6 @@ pub fn run(
     })
 }
 
-/// Step 2: raw reward-model scores whitened with the running moments (updated with this batch
-/// first), minus `penalty` for every response that did not end.
-pub fn whiten_scores(
-    raw: &[f64],
-    ended: &[bool],
-    moments: &mut RunningMoments,
-    penalty: f64,
-) -> Vec<f64> {
-    moments.update(raw);
-    let (mu, sd) = (moments.mean(), moments.std().max(1e-8));
-    raw.iter()
-        .zip(ended)
-        .map(|(s, &e)| (s - mu) / sd - if e { 0.0 } else { penalty })
-        .collect()
-}
-
-/// Step 3: per-token rewards `−β·(log π_old − log π_ref)` with `score` added on the last
-/// token; also returns the per-token KL (k1).
-pub fn token_rewards(
-    old_lp: &[f64],
-    ref_lp: &[f64],
-    beta: f64,
-    score: f64,
-) -> (Vec<f64>, Vec<f64>) {
-    let kl: Vec<f64> = old_lp
-        .iter()
-        .zip(ref_lp)
-        .map(|(a, b)| kl_k1(*a, *b))
-        .collect();
-    let mut rewards: Vec<f64> = kl.iter().map(|k| -beta * k).collect();
-    if let Some(last) = rewards.last_mut() {
-        *last += score;
-    }
-    (rewards, kl)
-}
-
 /// Loads the value optimizer's moments (saved with `optimizer_step` like every stage).
 fn load_value_optimizer(
     ck: &Checkpoint,
@@ -1009,86 +668,4 @@ fn tagged<T: Serialize>(kind: &str, v: &T) -> Result<serde_json::Value> {
         m.insert("kind".into(), kind.into());
     }
     Ok(j)
-}
-
-/// Warnings for statistics that drifted outside the range a healthy run stays in.
-pub fn guardrails(cfg: &PpoConfig, s: &PpoStats) -> Vec<String> {
-    let mut w = Vec::new();
-    if s.ended_frac < 0.5 {
-        w.push(format!(
-            "only {:.0}% of responses end; the rest hit max_new_tokens = {}",
-            100.0 * s.ended_frac,
-            cfg.max_new_tokens
-        ));
-    }
-    if s.kl < -0.5 {
-        w.push(format!(
-            "negative KL {:.3}: rollout and reference disagree on the temperature or the tokens",
-            s.kl
-        ));
-    }
-    if let KlControl::Adaptive { target, .. } = cfg.kl {
-        if s.kl > 2.0 * target {
-            w.push(format!(
-                "KL to SFT {:.2} is more than twice the target {target}",
-                s.kl
-            ));
-        }
-    }
-    if s.approx_kl > 0.1 {
-        w.push(format!(
-            "approx-KL per update {:.3} > 0.1: the policy moves too far per minibatch; lower \
-             policy_lr",
-            s.approx_kl
-        ));
-    }
-    if s.clip_frac > 0.3 {
-        w.push(format!("clip fraction {:.2} > 0.3", s.clip_frac));
-    }
-    if s.logprob_mismatch > 1e-3 {
-        w.push(format!(
-            "rollout and training log-probs differ by {:.2e} (> 1e-3)",
-            s.logprob_mismatch
-        ));
-    }
-    if s.explained_variance < -1.0 {
-        w.push(format!(
-            "explained variance {:.2}: the value model predicts worse than a constant",
-            s.explained_variance
-        ));
-    }
-    if s.entropy < 0.05 {
-        w.push(format!(
-            "entropy {:.3} nats per token: the policy has collapsed",
-            s.entropy
-        ));
-    }
-    w
-}
-
-/// A reason to stop the run, if any.
-pub fn divergence(cfg: &PpoConfig, s: &PpoStats) -> Option<String> {
-    let finite = [
-        s.kl,
-        s.policy_loss,
-        s.value_loss,
-        s.score_mean,
-        s.entropy,
-        s.approx_kl,
-    ];
-    if finite.iter().any(|x| !x.is_finite()) {
-        return Some(format!(
-            "a statistic is not finite (kl {}, policy loss {}, value loss {}, score {}, entropy \
-             {}, approx-KL {})",
-            s.kl, s.policy_loss, s.value_loss, s.score_mean, s.entropy, s.approx_kl
-        ));
-    }
-    if cfg.kl_stop > 0.0 && s.kl > cfg.kl_stop {
-        return Some(format!(
-            "KL to SFT {:.2} nats per response exceeds kl_stop = {} (β = {:.4}); raise β or \
-             lower policy_lr",
-            s.kl, cfg.kl_stop, s.beta
-        ));
-    }
-    None
 }
