@@ -10,6 +10,7 @@ mod ppo;
 mod pretrain;
 mod progress;
 mod rank;
+mod report_card;
 mod reward;
 mod sample;
 mod score;
