@@ -165,7 +165,9 @@ pub fn generate_batch(
     // Prefill once with batch 1, then fork: every row starts from the prompt's last logits.
     // (`Gpt` does not expose its device, so the engine runs on the CPU.)
     let device = Device::Cpu;
-    let mut cache = KvCache::new(model.config().n_layer);
+    // Room for every position this call can write, so the cache never grows while decoding.
+    let positions = (req.prompt.len() + params.max_tokens).min(ctx);
+    let mut cache = KvCache::with_capacity(model.config().n_layer, positions);
     let prompt = Tensor::new(req.prompt, &device)?.unsqueeze(0)?; // (1, P)
     let first = last_position_logits(&model.forward(&prompt, Some(&mut cache))?)?.concat(); // (V,)
     let mut logits = vec![first; n]; // n × (V,)

@@ -99,14 +99,16 @@ impl Sampler {
 
     /// Samples one token from a row of logits.
     pub fn sample(&mut self, logits: &[f32]) -> Result<Pick> {
-        let logp = self.logprobs(logits)?;
         if self.params.temperature == 0.0 {
+            // Greedy needs one log-probability, not the whole row of them.
+            check_logits(logits)?;
             let token = argmax(logits);
             return Ok(Pick {
                 token: token as u32,
-                logprob: logp[token],
+                logprob: log_softmax_at(logits, token, 1.0),
             });
         }
+        let logp = self.logprobs(logits)?;
         // Candidates sorted by probability, highest first (ties by lower id: deterministic).
         let mut order: Vec<usize> = (0..logp.len()).collect();
         order.sort_by(|&a, &b| logp[b].total_cmp(&logp[a]).then(a.cmp(&b)));
@@ -144,24 +146,25 @@ impl Sampler {
     /// The log-probability of `token` under the distribution [`Sampler::sample`] draws from
     /// (the same quantity `sample` reports): how forced tokens are scored. Consumes no randomness.
     pub fn logprob(&self, logits: &[f32], token: u32) -> Result<f32> {
-        let logp = self.logprobs(logits)?;
-        logp.get(token as usize).copied().ok_or_else(|| {
-            Error::Params(format!(
+        check_logits(logits)?;
+        if token as usize >= logits.len() {
+            return Err(Error::Params(format!(
                 "token id {token} is not below the vocabulary size {}",
-                logp.len()
-            ))
-        })
+                logits.len()
+            )));
+        }
+        let t = self.params.temperature;
+        Ok(log_softmax_at(
+            logits,
+            token as usize,
+            if t == 0.0 { 1.0 } else { t },
+        ))
     }
 
     /// Log-softmax of the temperature-scaled logits (of the logits themselves at temperature 0),
     /// before any top-k/top-p truncation.
     fn logprobs(&self, logits: &[f32]) -> Result<Vec<f32>> {
-        if logits.is_empty() {
-            return Err(Error::Params("empty logits".into()));
-        }
-        if logits.iter().any(|x| x.is_nan()) {
-            return Err(Error::NonFinite);
-        }
+        check_logits(logits)?;
         let t = self.params.temperature;
         if t == 0.0 {
             Ok(log_softmax(logits))
@@ -185,9 +188,37 @@ pub fn argmax(xs: &[f32]) -> usize {
 
 /// Numerically stable log-softmax of one row, computed in f64.
 pub fn log_softmax(xs: &[f32]) -> Vec<f32> {
-    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = xs.iter().map(|x| (*x as f64 - max).exp()).sum::<f64>().ln() + max;
+    let lse = log_sum_exp(xs.iter().copied());
     xs.iter().map(|x| (*x as f64 - lse) as f32).collect()
+}
+
+/// Entry `i` of `log_softmax(xs / t)` (with `xs / t` rounded to f32 first, as
+/// [`Sampler::logprob`] scales), bit for bit, without building the row.
+fn log_softmax_at(xs: &[f32], i: usize, t: f32) -> f32 {
+    let lse = if t == 1.0 {
+        log_sum_exp(xs.iter().copied())
+    } else {
+        log_sum_exp(xs.iter().map(|x| x / t))
+    };
+    let x = if t == 1.0 { xs[i] } else { xs[i] / t };
+    (x as f64 - lse) as f32
+}
+
+/// `log sum_i exp(x_i)` in f64, max-subtracted. `xs` is iterated twice.
+fn log_sum_exp(xs: impl Iterator<Item = f32> + Clone) -> f64 {
+    let max = xs.clone().fold(f32::NEG_INFINITY, f32::max) as f64;
+    xs.map(|x| (x as f64 - max).exp()).sum::<f64>().ln() + max
+}
+
+/// Rejects an empty row or one with a NaN.
+fn check_logits(logits: &[f32]) -> Result<()> {
+    if logits.is_empty() {
+        return Err(Error::Params("empty logits".into()));
+    }
+    if logits.iter().any(|x| x.is_nan()) {
+        return Err(Error::NonFinite);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -277,6 +308,28 @@ mod tests {
         let g = Sampler::new(params(0.0, 0, 1.0, 0)).unwrap();
         assert!((g.logprob(&logits, 0).unwrap() - 0.25f32.ln()).abs() < 1e-6);
         assert!(s.logprob(&logits, 2).is_err());
+    }
+
+    #[test]
+    fn one_logprob_equals_its_entry_of_the_row_bit_for_bit() {
+        let logits: Vec<f32> = (0..300).map(|i| (i as f32 * 0.731).sin() * 7.0).collect();
+        for t in [0.0f32, 0.5, 1.0, 1.7] {
+            let s = Sampler::new(params(t, 0, 1.0, 0)).unwrap();
+            let row = s.logprobs(&logits).unwrap();
+            for tok in [0u32, 17, 299] {
+                let one = s.logprob(&logits, tok).unwrap();
+                assert_eq!(one.to_bits(), row[tok as usize].to_bits(), "T = {t}");
+            }
+        }
+        let mut greedy = Sampler::new(params(0.0, 0, 1.0, 0)).unwrap();
+        let pick = greedy.sample(&logits).unwrap();
+        assert_eq!(pick.token as usize, argmax(&logits));
+        assert_eq!(pick.logprob, log_softmax(&logits)[pick.token as usize]);
+        assert!(greedy.sample(&[]).is_err());
+        assert!(matches!(
+            greedy.sample(&[0.0, f32::NAN]),
+            Err(Error::NonFinite)
+        ));
     }
 
     #[test]

@@ -20,37 +20,30 @@ use crate::ops;
 /// `y = x Wᵀ + b` over the last dimension, with the leading dimensions flattened into one matrix
 /// product. (candle-nn's `Linear` broadcasts `W` to a batched matmul for 3-D input, which
 /// re-packs the weight once per batch row: measured, a third of a batch-8 decode step.)
+/// `y = x Wᵀ + b` through [`ops::linear`], with its matrix products at `prec`.
 #[derive(Debug, Clone)]
 struct Linear {
     weight: Tensor, // (out, in)
     bias: Option<Tensor>,
+    prec: ops::MatmulPrecision,
 }
 
 impl Linear {
     fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            prec: ops::MatmulPrecision::F32,
+        }
     }
 
     /// # Shapes
     /// - `x`: `(..., in)`; returns `(..., out)`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let (&inner, lead) = dims
-            .split_last()
-            .ok_or_else(|| candle_core::Error::Msg("linear of a scalar".into()))?;
-        let rows: usize = lead.iter().product();
-        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?; // (rows, out)
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out_dims = lead.to_vec();
-        out_dims.push(self.weight.dim(0)?);
-        y.reshape(out_dims)
+        ops::linear(x, &self.weight, self.bias.as_ref(), self.prec)
     }
 }
 
-/// A linear layer `(out, in)` named by `vb`, with a bias when `bias`.
 fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
     let weight = vb.get((out_dim, in_dim), "weight")?;
     let bias = if bias {
@@ -173,7 +166,8 @@ impl Attention {
     }
 
     /// Attends from the `T` new positions `offset..offset + T` to every position so far. With a
-    /// cache, this layer's keys and values are appended to it and the whole cache is attended to.
+    /// cache, this layer's keys and values are written into it and every cached position is
+    /// attended to.
     ///
     /// # Shapes
     /// `x`: `(B, T, C)`; returns `(B, T, C)`.
@@ -198,12 +192,21 @@ impl Attention {
             q = rope.apply(&q, offset)?;
             k = rope.apply(&k, offset)?;
         }
+        // With nothing cached before this step, the new keys are all there is: attend to them
+        // exactly as without a cache (the prefill's logits equal the full forward's bit for bit).
+        // After a cached prefix, attend to the cache's views of its buffers (strided, no copy).
         let (k, v) = match cache {
-            Some((cache, layer)) => cache.append(layer, &k, &v)?, // (B, Hkv, S, D) each
+            Some((cache, layer)) => {
+                let (ck, cv) = cache.append(layer, &k, &v)?; // (B, Hkv, S, D) each
+                if offset == 0 {
+                    (k, v)
+                } else {
+                    (ck, cv)
+                }
+            }
             None => (k, v),
         };
-        let y =
-            ops::causal_attention(&q.contiguous()?, &k.contiguous()?, &v.contiguous()?, offset)?; // (B, H, T, D)
+        let y = ops::causal_attention(&q, &k, &v, offset)?; // (B, H, T, D)
         let y = y
             .transpose(1, 2)?
             .reshape((b, t, self.n_head * self.head_dim))?; // (B, T, H * D)
@@ -348,6 +351,40 @@ impl Gpt {
     /// The config the model was built from.
     pub fn config(&self) -> &GptConfig {
         &self.cfg
+    }
+
+    /// The model with every linear layer's matrix products (forward and backward) at `prec`:
+    /// [`ops::MatmulPrecision::Bf16`] is bf16 autocast for the linears (f32 weights, f32
+    /// accumulation); embeddings, norms, attention and the loss stay f32.
+    pub fn with_matmul_precision(mut self, prec: ops::MatmulPrecision) -> Gpt {
+        for block in &mut self.blocks {
+            let a = &mut block.attn;
+            for l in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
+                l.prec = prec;
+            }
+            match &mut block.mlp {
+                Mlp::Gelu { fc, proj } => {
+                    fc.prec = prec;
+                    proj.prec = prec;
+                }
+                Mlp::SwiGlu {
+                    gate_proj,
+                    up_proj,
+                    down_proj,
+                } => {
+                    for l in [gate_proj, up_proj, down_proj] {
+                        l.prec = prec;
+                    }
+                }
+            }
+        }
+        self.lm_head.prec = prec;
+        self
+    }
+
+    /// The precision of the linear layers' matrix products (see [`Gpt::with_matmul_precision`]).
+    pub fn matmul_precision(&self) -> ops::MatmulPrecision {
+        self.lm_head.prec
     }
 
     /// Runs the transformer over `ids` and returns the final-normed hidden states.

@@ -143,3 +143,55 @@ fn frozen_var_builder_records_no_gradient() {
         trainable.to_scalar::<f32>().unwrap()
     );
 }
+
+/// bf16 linears (autocast) train the same model: every parameter learns, the loss agrees with
+/// f32 to bf16 accuracy, and every gradient points the same way as f32's (cosine > 0.99).
+#[test]
+fn bf16_linears_match_f32_to_bf16_accuracy() {
+    use chatforge_model::ops::MatmulPrecision;
+    for preset in ["tiny", "llama-tiny"] {
+        let cfg = GptConfig::preset(preset, 512).unwrap();
+        let params = Params::init(&cfg, 7, &Device::Cpu).unwrap();
+        let f32_model = Gpt::new(&cfg, params.var_builder(DType::F32)).unwrap();
+        let bf16_model = f32_model
+            .clone()
+            .with_matmul_precision(MatmulPrecision::Bf16);
+        assert_eq!(bf16_model.matmul_precision(), MatmulPrecision::Bf16);
+        let ids = common::random_ids(2, 16, cfg.vocab_size, 1);
+        let targets = common::random_ids(2, 16, cfg.vocab_size, 2);
+        let run = |m: &Gpt| {
+            let loss = m.loss(&ids, &targets).unwrap();
+            let grads = loss.backward().unwrap();
+            (loss.to_scalar::<f32>().unwrap(), grads)
+        };
+        let (l32, g32) = run(&f32_model);
+        let (l16, g16) = run(&bf16_model);
+        assert!(
+            (l32 - l16).abs() < 1e-2 * l32.abs(),
+            "{preset}: loss {l32} vs {l16}"
+        );
+        assert_ne!(l32, l16, "{preset}: bf16 changed nothing");
+        assert_every_param_learns(&params, &g16, &[]);
+        let v = |g: &GradStore, var: &candle_core::Var| -> Vec<f64> {
+            let t = g.get(var.as_tensor()).unwrap().flatten_all().unwrap();
+            t.to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+        };
+        let norm = |x: &[f64]| x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let total = params
+            .iter()
+            .map(|(_, var)| norm(&v(&g32, var)).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        for (name, var) in params.iter() {
+            let (a, b) = (v(&g32, var), v(&g16, var));
+            let diff: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+            // Relative to the tensor's own gradient, or (for gradients that are zero up to
+            // round-off, like the key bias's under softmax) to the whole model's.
+            let (d, n) = (norm(&diff), norm(&a));
+            assert!(
+                d <= 0.05 * n || d <= 1e-4 * total,
+                "{preset}: gradient of {name}: |bf16 - f32| = {d}, |f32| = {n}, total {total}"
+            );
+        }
+    }
+}

@@ -6,7 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{slice, CpuView, Real, ELEMS_PER_TASK};
+use super::cpu::{output_vec, slice, CpuView, Real, ELEMS_PER_TASK};
 
 /// `sqrt(2 / pi)`.
 const GELU_C: f64 = 0.797_884_560_802_865_4;
@@ -57,7 +57,7 @@ struct ActOp(Act);
 
 /// `y = f(x)` element-wise, in parallel.
 fn map<T: Real>(xs: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut y = vec![T::zero(); xs.len()];
+    let mut y = output_vec(xs.len());
     y.par_chunks_mut(ELEMS_PER_TASK)
         .zip(xs.par_chunks(ELEMS_PER_TASK))
         .for_each(|(y, x)| {
@@ -70,7 +70,7 @@ fn map<T: Real>(xs: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
 
 /// `dx = g * f'(x)` element-wise, in parallel.
 fn map_grad<T: Real>(xs: &[T], gs: &[T], df: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut dx = vec![T::zero(); xs.len()];
+    let mut dx = output_vec(xs.len());
     dx.par_chunks_mut(ELEMS_PER_TASK)
         .zip(
             xs.par_chunks(ELEMS_PER_TASK)

@@ -8,7 +8,29 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use super::IGNORE_INDEX;
+use super::{MatmulPrecision, IGNORE_INDEX};
+
+/// Composed [`crate::ops::linear`] on a 2-D input: `x.matmul(wᵀ) + b`, with both operands first
+/// rounded to bf16 (and back to the tensors' dtype) for [`MatmulPrecision::Bf16`].
+///
+/// # Shapes
+/// - `x`: `(N, K)`; `weight`: `(M, K)`; `bias`: `(M,)`; returns `(N, M)`.
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    prec: MatmulPrecision,
+) -> Result<Tensor> {
+    let round = |t: &Tensor| match prec {
+        MatmulPrecision::F32 => Ok(t.clone()),
+        MatmulPrecision::Bf16 => t.to_dtype(DType::BF16)?.to_dtype(t.dtype()),
+    };
+    let y = round(x)?.matmul(&round(weight)?.t()?)?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
 
 /// Composed [`crate::ops::layer_norm`].
 ///

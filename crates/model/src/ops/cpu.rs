@@ -102,6 +102,20 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     }
 }
 
+/// A vector of `n` elements for a kernel output that the kernel overwrites entirely before anything
+/// reads it. Not zero-filling it saves a single-threaded pass over every output (measured: 6% of a
+/// `tiny` training step was `memset`), as candle's own `alloc_uninit` does.
+pub(crate) fn output_vec<T: Real>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: `T` is f32 or f64, plain data with no drop glue and no invalid bit patterns, and
+    // every caller writes all `n` elements before the vector is read or handed out.
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        v.set_len(n)
+    };
+    v
+}
+
 /// Whether the fused CPU kernels can take these tensors: all on the CPU, all f32 or all f64.
 pub(crate) fn fused_ok(tensors: &[&Tensor]) -> bool {
     let Some(first) = tensors.first() else {

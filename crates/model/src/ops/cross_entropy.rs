@@ -10,7 +10,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{max, rows_per_task, slice, sum_map, CpuView, Real};
+use super::cpu::{max, output_vec, rows_per_task, slice, sum_map, CpuView, Real};
 use super::IGNORE_INDEX;
 
 /// Saved by the forward pass: each row's log-sum-exp (0 for ignored rows) and the kept count.
@@ -119,10 +119,10 @@ impl CrossEntropyOp {
                 (&recomputed, count_kept(ts, v)?)
             }
         };
-        let mut dx = vec![T::zero(); n * v];
         if count == 0 {
-            return Tensor::from_vec(dx, (n, v), logits.device());
+            return Tensor::from_vec(vec![T::zero(); n * v], (n, v), logits.device());
         }
+        let mut dx = output_vec(n * v);
         let scale = g / T::from_f64(count as f64);
         let rpt = rows_per_task(v);
         dx.par_chunks_mut(rpt * v)
@@ -132,7 +132,8 @@ impl CrossEntropyOp {
                 let rows = dx.chunks_mut(v).zip(x.chunks(v));
                 for ((dx, x), (&t, &lse)) in rows.zip(t.iter().zip(lse)) {
                     if t == IGNORE_INDEX {
-                        continue; // already zero
+                        dx.fill(T::zero());
+                        continue;
                     }
                     for (dx, &x) in dx.iter_mut().zip(x) {
                         *dx = (x - lse).exp() * scale;

@@ -10,6 +10,7 @@
 //!
 //! | op | fused kernel |
 //! |---|---|
+//! | [`linear`] | `x Wᵀ + b` as one product onto the bias; backward two products (transposes read through strides) and a column sum; f32 or bf16 operands ([`gemm`]) |
 //! | [`layer_norm`], [`rms_norm`] | one pass each way; per-row mean / rstd saved for the backward |
 //! | [`gelu`], [`silu`] | one element-wise pass each way (one `exp`, no `tanh`) |
 //! | [`softmax_last_dim`], [`log_softmax_last_dim`] | row-wise; the backward uses only the output |
@@ -31,10 +32,13 @@ mod attention;
 pub mod composed;
 mod cpu;
 mod cross_entropy;
+pub mod gemm;
+mod linear;
 mod norm;
 mod softmax;
 
 use cpu::fused_ok;
+pub use gemm::MatmulPrecision;
 
 /// The fused CPU kernels, callable directly (tests and benchmarks compare them with [`composed`]).
 /// They take f32 or f64 CPU tensors and return an error for anything else; the functions in
@@ -43,8 +47,50 @@ pub mod fused {
     pub use super::activation::{gelu, silu};
     pub use super::attention::causal_attention;
     pub use super::cross_entropy::cross_entropy;
+    pub use super::linear::linear;
     pub use super::norm::{layer_norm, rms_norm};
     pub use super::softmax::{log_softmax_last_dim, softmax_last_dim};
+}
+
+impl MatmulPrecision {
+    /// The name used in configs and on the command line: `"f32"` or `"bf16"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatmulPrecision::F32 => "f32",
+            MatmulPrecision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for MatmulPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for MatmulPrecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(MatmulPrecision::F32),
+            "bf16" => Ok(MatmulPrecision::Bf16),
+            _ => Err(format!("unknown matmul precision {s:?}: use f32 or bf16")),
+        }
+    }
+}
+
+impl serde::Serialize for MatmulPrecision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MatmulPrecision {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Target id that contributes nothing to [`cross_entropy`] (prompt tokens in SFT, padding).
@@ -53,6 +99,40 @@ pub const IGNORE_INDEX: u32 = u32::MAX;
 /// Whether `p` is a `(C,)` parameter for an input whose last dimension is `C`.
 fn is_vec_of(p: &Tensor, x: &Tensor) -> bool {
     p.dims().len() == 1 && x.dims().last() == Some(&p.dims()[0])
+}
+
+/// A linear layer `y = x Wᵀ + b` over the last dimension, with every matrix product (forward and
+/// backward) at precision `prec`: [`MatmulPrecision::Bf16`] rounds the operands to bf16 and
+/// accumulates in f32, as bf16 autocast does, while the weights, the output and the gradients stay
+/// f32. The composed fallback (non-CPU devices, other dtypes) rounds the operands the same way and
+/// multiplies in the tensors' dtype, so both paths compute the same function.
+///
+/// # Shapes
+/// - `x`: `(..., K)`; `weight`: `(M, K)`; `bias`: `(M,)`; returns `(..., M)`.
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    prec: MatmulPrecision,
+) -> Result<Tensor> {
+    let dims = x.dims();
+    let Some((&k, lead)) = dims.split_last() else {
+        candle_core::bail!("linear of a scalar")
+    };
+    let rows: usize = lead.iter().product();
+    let x2 = x.reshape((rows, k))?;
+    let all_ok = match bias {
+        Some(b) => fused_ok(&[&x2, weight, b]),
+        None => fused_ok(&[&x2, weight]),
+    };
+    let y = if all_ok {
+        linear::linear(&x2, weight, bias, prec)?
+    } else {
+        composed::linear(&x2, weight, bias, prec)?
+    };
+    let mut out = lead.to_vec();
+    out.push(y.dim(1)?);
+    y.reshape(out)
 }
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`, with the

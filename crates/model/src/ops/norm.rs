@@ -8,7 +8,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{rows_and_len, rows_per_task, slice, sum_map, sum_map2, CpuView, Real};
+use super::cpu::{
+    output_vec, rows_and_len, rows_per_task, slice, sum_map, sum_map2, CpuView, Real,
+};
 
 /// Per-row statistics saved by a forward pass for its backward: the mean (LayerNorm only) and the
 /// reciprocal standard deviation `1 / sqrt(var + eps)`.
@@ -54,7 +56,7 @@ impl NormOp {
             )
         }
         let (mean, rstd) = row_stats(xs, c, self.rms, T::from_f64(self.eps));
-        let mut y = vec![T::zero(); rows * c];
+        let mut y = output_vec(rows * c);
         let rpt = rows_per_task(c);
         y.par_chunks_mut(rpt * c)
             .zip(xs.par_chunks(rpt * c))
@@ -137,7 +139,7 @@ impl NormOp {
         }
         let rms = self.rms;
         let inv_c = T::from_f64(1.0 / c as f64);
-        let mut dx = vec![T::zero(); rows * c];
+        let mut dx = output_vec(rows * c);
         let rpt = rows_per_task(c);
         // Each task returns its partial [dw; db] (2c values), summed below in task order.
         let partials: Vec<Vec<T>> = dx

@@ -7,7 +7,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{max, rows_and_len, rows_per_task, slice, sum_map, sum_map2, CpuView, Real};
+use super::cpu::{
+    max, output_vec, rows_and_len, rows_per_task, slice, sum_map, sum_map2, CpuView, Real,
+};
 
 /// Softmax (`log == false`) or log-softmax (`log == true`) over the last dimension.
 struct SoftmaxOp {
@@ -19,7 +21,7 @@ impl SoftmaxOp {
         let name = CustomOp1::name(self);
         let (rows, c) = rows_and_len(l.dims(), name)?;
         let xs = slice::<T>(s, l, name)?;
-        let mut y = vec![T::zero(); rows * c];
+        let mut y = output_vec(rows * c);
         let rpt = rows_per_task(c);
         let log = self.log;
         y.par_chunks_mut(rpt * c)
@@ -59,7 +61,7 @@ impl SoftmaxOp {
                 res.dims()
             )
         }
-        let mut dx = vec![T::zero(); rows * c];
+        let mut dx = output_vec(rows * c);
         let rpt = rows_per_task(c);
         let log = self.log;
         dx.par_chunks_mut(rpt * c)
