@@ -45,6 +45,7 @@ pub fn write_report(
     out: &Path,
     preset: &str,
     seed: u64,
+    matmul_precision: &str,
     stages: &[(&str, Done)],
     total: f64,
 ) -> Result<String> {
@@ -92,6 +93,7 @@ pub fn write_report(
     let report = json!({
         "preset": preset,
         "seed": seed,
+        "matmul_precision": matmul_precision,
         "pretrain": {
             "val_loss_first": get("pretrain")["val_loss_first"],
             "val_loss_last": get("pretrain")["val_loss_last"],
@@ -229,8 +231,8 @@ pub fn write_report(
     // Markdown.
     let r = &report;
     let mut md = format!(
-        "# chatforge speedrun — preset `{}`, seed {}\n\n",
-        preset, seed
+        "# chatforge speedrun — preset `{}`, seed {}, {} matmuls\n\n",
+        preset, seed, matmul_precision
     );
     md.push_str("## Headline\n\n");
     let pct = |v: &Value| {

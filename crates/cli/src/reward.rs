@@ -57,6 +57,10 @@ pub struct RewardArgs {
     skip_bad_records: bool,
     #[arg(long)]
     seed: Option<u64>,
+    /// Precision of the linear layers' matrix products: f32, or bf16 (autocast for the linears:
+    /// f32 weights and accumulation; about twice the speed on CPUs with AVX512-BF16).
+    #[arg(long)]
+    matmul_precision: Option<chatforge_model::ops::MatmulPrecision>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -79,6 +83,7 @@ fn resolve(a: &RewardArgs) -> Result<RewardConfig> {
         batch_size => batch_size, forward_rows => forward_rows, epochs => epochs,
         lr => optim.lr, val_fraction => val_fraction, eval_every => eval_every,
         checkpoint_every => checkpoint_every, seed => seed,
+        matmul_precision => matmul_precision,
     );
     if a.steps.is_some() {
         c.steps = a.steps;

@@ -64,8 +64,14 @@ fn bench_train_quick_mode_runs_without_the_peer() {
     let (out, err) = (text(&o.stdout), text(&o.stderr));
     assert!(o.status.success(), "{err}");
     let step = row(&out, "median step");
+    // Columns: chatforge f32, chatforge bf16 linears, PyTorch eager f32, PyTorch bf16 autocast.
     assert!(step[1].ends_with(" s"), "{step:?}");
-    assert_eq!(step[2], "-", "no peer, no PyTorch number: {step:?}");
+    assert!(
+        step[2].ends_with(" s"),
+        "our bf16 step runs without the peer: {step:?}"
+    );
+    assert_eq!(step[3], "-", "no peer, no PyTorch number: {step:?}");
+    assert_eq!(step[4], "-", "no peer, no PyTorch number: {step:?}");
     let loss: f64 = row(&out, "first-step loss")[1].parse().unwrap();
     // Fresh GPT-2 init gives near-uniform logits: loss ≈ ln(4096) = 8.318.
     assert!((loss - 4096f64.ln()).abs() < 0.1, "{loss}");
@@ -174,9 +180,12 @@ fn torch_peer_trains_the_same_llama_model() {
     let (out, err) = (text(&o.stdout), text(&o.stderr));
     assert!(o.status.success(), "{err}");
     let loss = row(&out, "first-step loss");
-    let (ours, theirs): (f64, f64) = (loss[1].parse().unwrap(), loss[2].parse().unwrap());
+    // Columns: chatforge f32, chatforge bf16 linears, PyTorch eager f32, PyTorch bf16 autocast.
+    let (ours, theirs): (f64, f64) = (loss[1].parse().unwrap(), loss[3].parse().unwrap());
     assert!((ours - theirs).abs() < 1e-4, "{ours} vs {theirs}");
-    assert!(row(&out, "median step")[2].ends_with(" s"), "{out}");
+    let step = row(&out, "median step");
+    assert!(step[3].ends_with(" s"), "{out}");
+    assert_eq!(step[2], "-", "--no-bf16 skips our bf16 steps too: {out}");
 }
 
 #[test]

@@ -9,7 +9,11 @@ fn main() -> anyhow::Result<()> {
     let preset = std::env::args().nth(1).unwrap_or("tiny".into());
     let cfg = GptConfig::preset(&preset, 2048).unwrap();
     let params = Params::init(&cfg, 1, &Device::Cpu)?;
-    let model = Gpt::new(&cfg, params.var_builder(DType::F32))?;
+    let prec = match std::env::args().nth(2).as_deref() {
+        Some("bf16") => chatforge_model::ops::MatmulPrecision::Bf16,
+        _ => chatforge_model::ops::MatmulPrecision::F32,
+    };
+    let model = Gpt::new(&cfg, params.var_builder(DType::F32))?.with_matmul_precision(prec);
     let vars = var_map(&params);
     let (b, t) = (8, cfg.context_length);
     let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 2048) as u32).collect();

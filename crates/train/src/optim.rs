@@ -11,9 +11,9 @@
 //! p  ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)
 //! ```
 //!
-//! The moments live as plain `Vec<f32>` beside each parameter and the update is one fused,
-//! in-place pass per tensor (rayon over chunks), so a step allocates only the new parameter
-//! tensor that `Var::set` needs.
+//! The moments live as plain `Vec<f32>` beside each parameter and the update is one fused pass
+//! per tensor (rayon over chunks) that writes the parameter's storage in place (a candle
+//! in-place op), so a step allocates nothing.
 
 use std::collections::BTreeMap;
 
@@ -147,6 +147,87 @@ struct Moments {
     v: Vec<f32>,
 }
 
+/// One parameter's AdamW update, applied in place to the parameter's storage (a candle in-place
+/// op: no copy of the parameter out and back in).
+struct AdamWUpdate<'a> {
+    /// The moments, updated together with the parameter (`InplaceOp1` only lends `&self`).
+    moments: std::sync::Mutex<&'a mut Moments>,
+    g: &'a [f32],
+    decay: f32,
+    step_size: f32,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    bc2_sqrt: f32,
+}
+
+impl AdamWUpdate<'_> {
+    fn apply(&self, p: &mut [f32]) -> candle_core::Result<()> {
+        let mut mo = self
+            .moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adamw: moments lock poisoned".into()))?;
+        let Moments { m, v } = &mut **mo;
+        if p.len() != self.g.len() || m.len() != p.len() || v.len() != p.len() {
+            candle_core::bail!(
+                "adamw: parameter of {} elements, gradient {}, moments {}",
+                p.len(),
+                self.g.len(),
+                m.len()
+            )
+        }
+        let Self {
+            decay,
+            step_size,
+            b1,
+            b2,
+            eps,
+            bc2_sqrt,
+            ..
+        } = *self;
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(self.g.par_chunks(CHUNK))
+            .for_each(|(((p, m), v), g)| {
+                for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                    *p *= decay;
+                    *m += (g - *m) * (1.0 - b1);
+                    *v = *v * b2 + (1.0 - b2) * g * g;
+                    let denom = v.sqrt() / bc2_sqrt + eps;
+                    *p -= step_size * (*m / denom);
+                }
+            });
+        Ok(())
+    }
+}
+
+/// Elements per rayon task of the update.
+const CHUNK: usize = 1 << 14;
+
+impl candle_core::InplaceOp1 for AdamWUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("adamw: parameters must be f32")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("adamw: parameter is not contiguous")
+        };
+        match data.get_mut(start..end) {
+            Some(p) => self.apply(p),
+            None => candle_core::bail!("adamw: layout outside the parameter's storage"),
+        }
+    }
+}
+
 /// AdamW state: the step count and per-parameter moments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdamW {
@@ -209,24 +290,28 @@ impl AdamW {
             } else {
                 1.0
             };
-            let shape = var.shape().clone();
-            let mut p = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
             let mo = self.moments.entry(name.clone()).or_insert_with(|| Moments {
                 m: vec![0.0; g.len()],
                 v: vec![0.0; g.len()],
             });
-            p.par_iter_mut()
-                .zip(mo.m.par_iter_mut())
-                .zip(mo.v.par_iter_mut())
-                .zip(g.par_iter())
-                .for_each(|(((p, m), v), g)| {
-                    *p *= decay;
-                    *m += (g - *m) * (1.0 - b1f);
-                    *v = *v * b2f + (1.0 - b2f) * g * g;
-                    let denom = v.sqrt() / bc2f + epsf;
-                    *p -= step_size * (*m / denom);
-                });
-            var.set(&Tensor::from_vec(p, shape, var.device())?)?;
+            let update = AdamWUpdate {
+                moments: std::sync::Mutex::new(mo),
+                g,
+                decay,
+                step_size,
+                b1: b1f,
+                b2: b2f,
+                eps: epsf,
+                bc2_sqrt: bc2f,
+            };
+            if var.device().is_cpu() {
+                var.as_tensor().inplace_op1(&update)?;
+            } else {
+                let shape = var.shape().clone();
+                let mut p = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+                update.apply(&mut p)?;
+                var.set(&Tensor::from_vec(p, shape, var.device())?)?;
+            }
         }
         Ok(())
     }

@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use chatforge_engine::{generate, SamplingParams};
+use chatforge_model::ops::MatmulPrecision;
 use chatforge_model::{Gpt, GptConfig, Params};
 use chatforge_tokenizer::{Special, Tokenizer};
 use serde::{Deserialize, Serialize};
@@ -63,6 +64,10 @@ pub struct PretrainConfig {
     pub val_fraction: f64,
     pub skip_bad_records: bool,
     pub seed: u64,
+    /// Precision of the training forward and backward's linear-layer matrix products: `f32`, or
+    /// `bf16` (bf16 autocast for the linears; weights, optimizer state and everything else stay
+    /// f32). Evaluation always runs in f32.
+    pub matmul_precision: MatmulPrecision,
 }
 
 impl Default for PretrainConfig {
@@ -84,6 +89,7 @@ impl Default for PretrainConfig {
             val_fraction: 0.02,
             skip_bad_records: false,
             seed: 1337,
+            matmul_precision: MatmulPrecision::F32,
         }
     }
 }
@@ -218,7 +224,8 @@ pub fn run(
             },
         ),
     };
-    let model = Gpt::new(&model_cfg, params.var_builder(DType::F32))?;
+    let model = Gpt::new(&model_cfg, params.var_builder(DType::F32))?
+        .with_matmul_precision(cfg.matmul_precision);
     let vars = artifact::var_map(&params);
     let mut loader = RowLoader::new(shards.train, t, cfg.seed, state.cursor)?;
     let val_rows = eval_rows(&shards.val, t, cfg.eval_rows)?;

@@ -27,6 +27,7 @@ use candle_core::{DType, Device, Tensor};
 use chatforge_data::conversation::{read_conversations, Conversation};
 use chatforge_data::corpus::ReadOptions;
 use chatforge_data::world::Task;
+use chatforge_model::ops::MatmulPrecision;
 use chatforge_model::ops::IGNORE_INDEX;
 use chatforge_model::{Gpt, GptConfig};
 use chatforge_tokenizer::chat::{render, ChatTemplate};
@@ -63,6 +64,10 @@ pub struct SftConfig {
     pub keep_checkpoints: usize,
     pub skip_bad_records: bool,
     pub seed: u64,
+    /// Precision of the training forward and backward's linear-layer matrix products: `f32`, or
+    /// `bf16` (bf16 autocast for the linears; weights, optimizer state and everything else stay
+    /// f32). Evaluation always runs in f32.
+    pub matmul_precision: MatmulPrecision,
 }
 
 impl Default for SftConfig {
@@ -85,6 +90,7 @@ impl Default for SftConfig {
             keep_checkpoints: 2,
             skip_bad_records: false,
             seed: 1337,
+            matmul_precision: MatmulPrecision::F32,
         }
     }
 }
@@ -277,7 +283,8 @@ pub fn run(
             val_loss_first: None,
         },
     };
-    let model = Gpt::new(&model_cfg, params.var_builder(DType::F32))?;
+    let model = Gpt::new(&model_cfg, params.var_builder(DType::F32))?
+        .with_matmul_precision(cfg.matmul_precision);
     let vars = var_map(&params);
     let mut order = EpochOrder::new(train.len(), cfg.seed, state.cursor)?;
     let mut metrics = MetricsLog::open(&paths.out.join("metrics.jsonl"), state.step)?;

@@ -12,8 +12,10 @@
 //!    `accumulate_grads`, then `guarded_update` (global-norm clip to 1.0, AdamW with β 0.9/0.95,
 //!    ε 1e-8, weight decay 0.1 on tensors with ≥ 2 dims, lr 1e-3). The peer's step is the same
 //!    in PyTorch: forward, `cross_entropy`, `backward`, `clip_grad_norm_(1.0)`, `AdamW.step`.
-//! 4. Steps alternate — ours, PyTorch eager f32, ours, PyTorch eager f32, … then ours, PyTorch
-//!    bf16 autocast, … — so that machine noise hits both; warm-up steps are not timed. The first
+//! 4. Steps alternate — ours f32, PyTorch eager f32, ours f32, … then ours with bf16 linears
+//!    ([`MatmulPrecision::Bf16`]: f32 weights, operands rounded to bf16, f32 accumulation),
+//!    PyTorch bf16 autocast, … — so that machine noise hits both; warm-up steps are not timed.
+//!    Both sides keep training the same weights through both phases. The first
 //!    step's loss (same weights, same batch, f32) must agree within [`LOSS_TOLERANCE`], or the
 //!    benchmark stops: the two sides would not be running the same model.
 //! 5. Memory is each process's peak resident set (ours `VmHWM`, PyTorch's `ru_maxrss`): whole
@@ -28,6 +30,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use chatforge_data::Rng;
+use chatforge_model::ops::MatmulPrecision;
 use chatforge_model::{Gpt, GptConfig, Params};
 use chatforge_train::artifact::var_map;
 use chatforge_train::guard::{guarded_update, Guard, Verdict};
@@ -81,7 +84,9 @@ pub struct TrainBenchArgs {
 
 /// Our pretraining step on a fixed batch.
 struct OurTrainer {
+    /// The model with f32 linears, and the same weights with bf16 linears.
     model: Gpt,
+    model_bf16: Gpt,
     vars: BTreeMap<String, Var>,
     opt: AdamW,
     guard: Guard,
@@ -95,9 +100,13 @@ struct OurTrainer {
 
 impl OurTrainer {
     /// One optimizer step, timed: `(seconds, loss before the update)`.
-    fn step(&mut self) -> Result<(f64, f64)> {
+    fn step(&mut self, prec: MatmulPrecision) -> Result<(f64, f64)> {
         let start = Instant::now();
-        let loss = self.model.loss(&self.x, &self.y)?;
+        let model = match prec {
+            MatmulPrecision::F32 => &self.model,
+            MatmulPrecision::Bf16 => &self.model_bf16,
+        };
+        let loss = model.loss(&self.x, &self.y)?;
         let value = loss.to_scalar::<f32>()? as f64;
         let g = loss.backward()?;
         let mut grads = FlatGrads::new();
@@ -176,8 +185,10 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
     let (x_ids, y_ids) = random_batch(a.seed, b, t, cfg.vocab_size);
     let flat = |rows: &[Vec<u32>]| rows.concat();
     let opt_cfg = OptimConfig::default();
+    let model = Gpt::new(&cfg, params.var_builder(DType::F32))?;
     let mut ours = OurTrainer {
-        model: Gpt::new(&cfg, params.var_builder(DType::F32))?,
+        model_bf16: model.clone().with_matmul_precision(MatmulPrecision::Bf16),
+        model,
         vars: var_map(&params),
         lr: opt_cfg.lr,
         clip: opt_cfg.grad_clip,
@@ -194,10 +205,11 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
 
     // Phase 1: ours and PyTorch eager f32, alternating.
     let total = a.warmup + a.steps;
-    let (mut ours_times, mut peer_f32, mut peer_bf16) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_f32, mut peer_f32) = (Vec::new(), Vec::new());
+    let (mut ours_bf16, mut peer_bf16) = (Vec::new(), Vec::new());
     let mut first_losses: (Option<f64>, Option<f64>) = (None, None);
     for i in 0..total {
-        let (secs, loss) = ours.step()?;
+        let (secs, loss) = ours.step(MatmulPrecision::F32)?;
         first_losses.0.get_or_insert(loss);
         let theirs = peer_step(&mut peer, "f32");
         if let Some((_, l)) = theirs {
@@ -205,7 +217,7 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
         }
         let timed = i >= a.warmup;
         if timed {
-            ours_times.push(secs);
+            ours_f32.push(secs);
             peer_f32.extend(theirs.map(|(s, _)| s));
         }
         eprintln!(
@@ -228,14 +240,14 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
     let ours_peak = proc_memory().peak;
     let peer_peak_f32 = peer.call(|p| p.request(&json!({"cmd": "memory"})));
 
-    // Phase 2: ours and PyTorch bf16 autocast, alternating.
-    if peer.alive() && !a.no_bf16 {
+    // Phase 2: ours with bf16 linears and PyTorch bf16 autocast, alternating.
+    if !a.no_bf16 {
         for i in 0..total {
-            let (secs, loss) = ours.step()?;
+            let (secs, loss) = ours.step(MatmulPrecision::Bf16)?;
             let theirs = peer_step(&mut peer, "bf16");
             let timed = i >= a.warmup;
             if timed {
-                ours_times.push(secs);
+                ours_bf16.push(secs);
                 peer_bf16.extend(theirs.map(|(s, _)| s));
             }
             eprintln!(
@@ -248,6 +260,7 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
             );
         }
     }
+    let ours_peak_end = proc_memory().peak;
     let peer_peak_end = peer.call(|p| p.request(&json!({"cmd": "memory"})));
 
     // The matmul ceilings, after the steps (they would inflate our peak memory otherwise).
@@ -274,7 +287,8 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
     let alive = peer.alive();
     let peer_f32 = if alive { median(&peer_f32) } else { None };
     let peer_bf16 = if alive { median(&peer_bf16) } else { None };
-    let ours_step = median(&ours_times).context("no timed step")?;
+    let ours_step = median(&ours_f32).context("no timed step")?;
+    let ours_bf16 = median(&ours_bf16);
     let tokens = (b * t) as f64;
     let n_mm = matmul_params(&cfg) as f64;
     let flops =
@@ -301,39 +315,58 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
         .filter(|_| alive)
         .and_then(|i| i.get("rss_after_setup_bytes"))
         .and_then(Value::as_u64);
+    let ratio = |ours: Option<f64>, theirs: Option<f64>| match ours {
+        Some(o) => speedup(o, theirs),
+        None => "-".into(),
+    };
     let rows = vec![
         vec![
             "median step (forward + backward + clip + AdamW)".into(),
             secs(Some(ours_step)),
+            secs(ours_bf16),
             secs(peer_f32),
             secs(peer_bf16),
         ],
         vec![
             "tokens/s".into(),
             tps(Some(ours_step)),
+            tps(ours_bf16),
             tps(peer_f32),
             tps(peer_bf16),
         ],
         vec![
-            "chatforge speed-up (their step time / ours)".into(),
+            "chatforge f32 speed-up (this column's step time / ours)".into(),
             "1.00x".into(),
-            speedup(ours_step, peer_f32),
-            speedup(ours_step, peer_bf16),
+            ratio(Some(ours_step), ours_bf16),
+            ratio(Some(ours_step), peer_f32),
+            ratio(Some(ours_step), peer_bf16),
+        ],
+        vec![
+            "chatforge bf16 speed-up (this column's step time / ours)".into(),
+            ratio(ours_bf16, Some(ours_step)),
+            ratio(ours_bf16, ours_bf16),
+            ratio(ours_bf16, peer_f32),
+            ratio(ours_bf16, peer_bf16),
         ],
         vec![
             match ceiling {
                 Some(c) => {
-                    format!("achieved GFLOP/s (% of the {c:.0} GFLOP/s candle GEMM ceiling)")
+                    format!("achieved GFLOP/s (% of the {c:.0} GFLOP/s candle f32 GEMM ceiling)")
                 }
                 None => "achieved GFLOP/s".into(),
             },
             achieved(Some(ours_step)),
+            achieved(ours_bf16),
             achieved(peer_f32),
             achieved(peer_bf16),
         ],
         vec![
             "peak RSS, whole process".into(),
             fmt_bytes(ours_peak),
+            match ours_bf16 {
+                Some(_) => format!("{} (f32 and bf16 steps)", fmt_bytes(ours_peak_end)),
+                None => "-".into(),
+            },
             match peer_f32 {
                 Some(_) => fmt_bytes(peer_mem(&peer_peak_f32, "peak_rss_bytes")),
                 None => "-".into(),
@@ -349,6 +382,7 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
         vec![
             "RSS before the first step (model built)".into(),
             fmt_bytes(ours_setup_rss),
+            "-".into(),
             if alive {
                 fmt_bytes(peer_setup_rss)
             } else {
@@ -359,6 +393,7 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
         vec![
             "first-step loss (same weights, same batch)".into(),
             first_losses.0.map_or("-".into(), |l| format!("{l:.6}")),
+            "-".into(),
             first_losses
                 .1
                 .filter(|_| alive)
@@ -370,6 +405,7 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
         &[
             "",
             "chatforge f32",
+            "chatforge bf16 linears",
             "PyTorch eager f32",
             "PyTorch bf16 autocast",
         ],
@@ -379,7 +415,7 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
     println!(
         "Model: preset {}, vocab {}, {} parameters ({} in matmuls); batch {b} x context {t} = {} \
          tokens per step; {} timed steps after {} warm-up steps per configuration, chatforge's \
-         and PyTorch's steps alternating; chatforge's median is over all its timed steps.",
+         and PyTorch's steps alternating (f32 with f32, bf16 with bf16).",
         a.preset,
         cfg.vocab_size,
         cfg.num_params(),

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use chatforge_model::ops::MatmulPrecision;
 use chatforge_tokenizer::chat::ChatTemplate;
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,11 @@ pub struct PpoConfig {
     pub keep_checkpoints: usize,
     pub skip_bad_records: bool,
     pub seed: u64,
+    /// Precision of the linear layers' matrix products in every model PPO runs (rollouts, the
+    /// reference, the policy and value updates, evaluation; the reward model stays f32): `f32`,
+    /// or `bf16` (bf16 autocast for the linears; weights and optimizer state stay f32). One
+    /// precision for all, so that the rollout's log-probabilities match the training forward's.
+    pub matmul_precision: MatmulPrecision,
     /// The chat template (taken from the SFT checkpoint).
     pub template: ChatTemplate,
 }
@@ -86,6 +92,7 @@ impl Default for PpoConfig {
             keep_checkpoints: 2,
             skip_bad_records: false,
             seed: 1337,
+            matmul_precision: MatmulPrecision::F32,
             template: ChatTemplate::Native,
         }
     }

@@ -195,7 +195,7 @@ pub fn run(
     }
     let tok = sft.tokenizer.clone();
     let model_cfg: GptConfig = sft.config.clone();
-    let reference = sft.model;
+    let reference = sft.model.with_matmul_precision(cfg.matmul_precision);
     let end = assistant_end(&tok, template)?;
     let pad = tok.special(Special::Eot);
 
@@ -257,8 +257,10 @@ pub fn run(
             (loaded.params, value, state, popt, vopt)
         }
     };
-    let policy = Gpt::new(&model_cfg, policy_params.var_builder(DType::F32))?;
-    let value = ScalarModel::new(&model_cfg, value_params.var_builder(DType::F32))?;
+    let policy = Gpt::new(&model_cfg, policy_params.var_builder(DType::F32))?
+        .with_matmul_precision(cfg.matmul_precision);
+    let value = ScalarModel::new(&model_cfg, value_params.var_builder(DType::F32))?
+        .with_matmul_precision(cfg.matmul_precision);
     let pvars = var_map(&policy_params);
     let vvars = scalar_vars(&value_params);
 
@@ -355,7 +357,10 @@ pub fn run(
         resumed: checkpoint.is_some(),
     });
 
-    let frozen = |p: &Params| Gpt::new(&model_cfg, p.frozen_var_builder(DType::F32));
+    let frozen = |p: &Params| -> chatforge_model::Result<Gpt> {
+        Ok(Gpt::new(&model_cfg, p.frozen_var_builder(DType::F32))?
+            .with_matmul_precision(cfg.matmul_precision))
+    };
     let evaluate_at = |step: u64| -> Result<PpoEval> {
         evaluate_policy(
             step,
@@ -435,7 +440,8 @@ pub fn run(
 
         // Reference log-probs and old values, no gradient.
         let frozen_value =
-            ScalarModel::new(&model_cfg, value_params.frozen_var_builder(DType::F32))?;
+            ScalarModel::new(&model_cfg, value_params.frozen_var_builder(DType::F32))?
+                .with_matmul_precision(cfg.matmul_precision);
         let mut ref_lp = Vec::with_capacity(n);
         let mut old_values = Vec::with_capacity(n);
         for chunk in rollouts.chunks(cfg.minibatch_size) {

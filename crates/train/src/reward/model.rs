@@ -99,6 +99,15 @@ impl ScalarModel {
         })
     }
 
+    /// The model with the transformer's linear layers at `prec` (see
+    /// [`Gpt::with_matmul_precision`]); the one-output score head stays f32.
+    pub fn with_matmul_precision(self, prec: chatforge_model::ops::MatmulPrecision) -> Self {
+        Self {
+            gpt: self.gpt.with_matmul_precision(prec),
+            head: self.head,
+        }
+    }
+
     /// One scalar per position.
     ///
     /// # Shapes

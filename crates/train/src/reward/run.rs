@@ -10,6 +10,7 @@ use candle_core::{DType, Tensor, Var};
 use chatforge_data::corpus::ReadOptions;
 use chatforge_data::ranking::read_rankings;
 use chatforge_model::checkpoint::{latest_checkpoint, safetensors_from_bytes, Checkpoint};
+use chatforge_model::ops::MatmulPrecision;
 use chatforge_model::Params;
 use chatforge_tokenizer::chat::ChatTemplate;
 use chatforge_tokenizer::Special;
@@ -54,6 +55,10 @@ pub struct RewardConfig {
     pub pairwise_baseline: bool,
     /// Seeds the score-head initialisation and the visiting order.
     pub seed: u64,
+    /// Precision of the training forward and backward's linear-layer matrix products: `f32`, or
+    /// `bf16` (bf16 autocast for the linears; weights, optimizer state and everything else stay
+    /// f32). Evaluation always runs in f32.
+    pub matmul_precision: MatmulPrecision,
 }
 
 impl Default for RewardConfig {
@@ -79,6 +84,7 @@ impl Default for RewardConfig {
             skip_bad_records: false,
             pairwise_baseline: false,
             seed: 1337,
+            matmul_precision: MatmulPrecision::F32,
         }
     }
 }
@@ -394,7 +400,8 @@ pub fn run(
             bias_shift: None,
         },
     };
-    let model = ScalarModel::new(&model_cfg, params.var_builder(DType::F32))?;
+    let model = ScalarModel::new(&model_cfg, params.var_builder(DType::F32))?
+        .with_matmul_precision(cfg.matmul_precision);
     let mut order = EpochOrder::new(items.len(), cfg.seed, state.cursor)?;
     let metrics_path = paths.out.join("metrics.jsonl");
     let mut metrics = MetricsLog::open(&metrics_path, state.step)?;
