@@ -98,25 +98,19 @@ impl LinearOp {
         let (n, k, m) = dims(x.1.dims(), w.1.dims(), b.map(|b| b.1.dims()))?;
         let xs = slice::<T>(x.0, x.1, NAME)?;
         let ws = slice::<T>(w.0, w.1, NAME)?;
-        let mut y = match b {
+        let (x, wt) = (MatRef::rows(xs, n, k), MatRef::transposed(ws, k, m));
+        let y = match b {
             Some((s, l)) => {
                 let bs = slice::<T>(s, l, NAME)?;
                 let mut y = Vec::with_capacity(n * m);
                 for _ in 0..n {
                     y.extend_from_slice(bs);
                 }
+                T::product(self.prec, &mut y, x, wt, true)?;
                 y
             }
-            None if k > 0 => output_vec(n * m),
-            None => vec![T::zero(); n * m],
+            None => product(self.prec, x, wt)?,
         };
-        T::product(
-            self.prec,
-            &mut y,
-            MatRef::rows(xs, n, k),
-            MatRef::transposed(ws, k, m),
-            b.is_some(),
-        )?;
         Ok((T::to_cpu_storage_owned(y), Shape::from((n, m))))
     }
 
@@ -155,30 +149,11 @@ impl LinearOp {
             CpuView::new(&grad, NAME)?,
         );
         let (xs, ws, gs) = (xv.slice::<T>()?, wv.slice::<T>()?, gv.slice::<T>()?);
-        // Every element is written by the products (n, m >= 1 here only when they are).
-        let mut dx = if m > 0 {
-            output_vec(n * k)
-        } else {
-            vec![T::zero(); n * k]
-        };
-        T::product(
+        let dx = product(self.prec, MatRef::rows(gs, n, m), MatRef::rows(ws, m, k))?;
+        let dw = product(
             self.prec,
-            &mut dx,
-            MatRef::rows(gs, n, m),
-            MatRef::rows(ws, m, k),
-            false,
-        )?;
-        let mut dw = if n > 0 {
-            output_vec(m * k)
-        } else {
-            vec![T::zero(); m * k]
-        };
-        T::product(
-            self.prec,
-            &mut dw,
             MatRef::transposed(gs, m, n),
             MatRef::rows(xs, n, k),
-            false,
         )?;
         let dev = x.device();
         let db = if with_bias {
@@ -206,6 +181,23 @@ impl LinearOp {
             dt => bail!("{NAME}: fused kernel supports f32 and f64, got {dt:?}"),
         }
     }
+}
+
+/// `A·B` into a new row-major vector. The product writes every element when the inner dimension
+/// is at least 1, so the vector is only zero-filled when it is 0.
+fn product<T: LinearReal>(
+    prec: MatmulPrecision,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+) -> Result<Vec<T>> {
+    let len = a.rows * b.cols;
+    let mut c = if a.cols > 0 {
+        output_vec(len)
+    } else {
+        vec![T::zero(); len]
+    };
+    T::product(prec, &mut c, a, b, false)?;
+    Ok(c)
 }
 
 /// Sums of the columns of the row-major `(rows, m)` matrix `g`: per-task partial sums over blocks
