@@ -25,6 +25,11 @@ Modes:
               to B rows, then N - 1 decode steps; decode tokens/s = B * (N - 1) / time), each
               timed separately, median of repeats.
 
+`--device cuda` (or `cuda:N`) runs everything on a GPU: weights, batches, the KV cache and the
+GEMM ceiling live there, TF32 is off (f32 means f32, as chatforge's cuBLAS products), autocast is
+CUDA's, every timed region starts and ends with `torch.cuda.synchronize()`, and the memory
+figures add the CUDA allocator's peak (`torch.cuda.max_memory_allocated`).
+
 Standalone, it prints one JSON object to stdout:
 
     python3 scripts/bench/torch_peer.py --model DIR --mode train --batch 8 --steps 5
@@ -41,7 +46,7 @@ interleave its own repetitions with these (machine noise then hits both):
     {"cmd": "decode", "prompt": [ids], "batch": B, "new_tokens": N}
                             -> {"seconds", "first_token_seconds", "steps", "tokens": [row 0]}
     {"cmd": "matmul", "n": 2048, "repeats": 5}                 -> {"gflops", "seconds"}
-    {"cmd": "memory"}                                          -> {"peak_rss_bytes", "rss_bytes"}
+    {"cmd": "memory"}          -> {"peak_rss_bytes", "rss_bytes"} (+ "peak_gpu_bytes" on CUDA)
     {"cmd": "quit"}
 
 A failed command answers {"error": "..."}. Needs torch only (safetensors are read directly).
@@ -60,6 +65,15 @@ import torch.nn.functional as F
 
 # AdamW and clipping exactly as chatforge's OptimConfig::default() (crates/train/src/optim.rs).
 LR, BETAS, EPS, WEIGHT_DECAY, GRAD_CLIP = 1e-3, (0.9, 0.95), 1e-8, 0.1, 1.0
+
+# Where everything runs (`--device`); set once in main().
+DEVICE = torch.device("cpu")
+
+
+def sync():
+    """Waits for the device's queued work (a no-op on the CPU), so that timers measure it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 SAFETENSORS_DTYPES = {
     "F32": torch.float32,
@@ -172,7 +186,7 @@ def rope_tables(cfg):
     inv_freq = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
     freqs = torch.outer(torch.arange(cfg["context_length"], dtype=torch.float64), inv_freq)
     emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos().float(), emb.sin().float()
+    return emb.cos().float().to(DEVICE), emb.sin().float().to(DEVICE)
 
 
 def rotate_half(x):
@@ -216,7 +230,7 @@ class Model:
         elif s == t:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # several new tokens after a cached prefix
-            mask = torch.ones(t, s, dtype=torch.bool).tril(diagonal=s - t)
+            mask = torch.ones(t, s, dtype=torch.bool, device=DEVICE).tril(diagonal=s - t)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
         return linear(p, name + ".o_proj", y)
@@ -258,6 +272,13 @@ def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+def memory():
+    out = {"peak_rss_bytes": peak_rss_bytes(), "rss_bytes": rss_bytes()}
+    if DEVICE.type == "cuda":
+        out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(DEVICE)
+    return out
+
+
 def rss_bytes():
     try:
         with open("/proc/self/status") as f:
@@ -278,7 +299,7 @@ class Trainer:
     """One model, one AdamW; f32 and bf16-autocast steps update the same f32 weights."""
 
     def __init__(self, cfg, tensors):
-        self.params = {k: v.clone().requires_grad_(True) for k, v in tensors.items()}
+        self.params = {k: v.to(DEVICE).requires_grad_(True) for k, v in tensors.items()}
         self.model = Model(cfg, self.params)
         self.vocab = cfg["vocab_size"]
         decay = [v for v in self.params.values() if v.ndim >= 2]
@@ -295,22 +316,24 @@ class Trainer:
         self.x = self.y = None
 
     def set_batch(self, x, y):
-        self.x = torch.tensor(x, dtype=torch.long)
-        self.y = torch.tensor(y, dtype=torch.long)
+        self.x = torch.tensor(x, dtype=torch.long, device=DEVICE)
+        self.y = torch.tensor(y, dtype=torch.long, device=DEVICE)
 
     def step(self, dtype):
         """One timed optimizer step on the current batch: (seconds, loss)."""
         if dtype not in ("f32", "bf16"):
             raise ValueError(f"dtype must be f32 or bf16, got {dtype}")
+        sync()
         t0 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             logits = self.model.forward(self.x)
             loss = F.cross_entropy(logits.reshape(-1, self.vocab), self.y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.params.values()), GRAD_CLIP)
         self.opt.step()
         value = loss.item()
+        sync()
         return time.perf_counter() - t0, value
 
 
@@ -318,16 +341,18 @@ class Generator:
     """Inference over detached weights."""
 
     def __init__(self, cfg, tensors):
-        self.model = Model(cfg, {k: v.detach() for k, v in tensors.items()})
+        self.model = Model(cfg, {k: v.detach().to(DEVICE) for k, v in tensors.items()})
 
     @torch.inference_mode()
     def prefill(self, ids):
         """One forward pass of B prompts with an empty cache: (seconds, greedy next ids)."""
-        ids = torch.tensor(ids, dtype=torch.long)
+        ids = torch.tensor(ids, dtype=torch.long, device=DEVICE)
+        sync()
         t0 = time.perf_counter()
         cache = self.model.new_cache()
         logits = self.model.forward(ids, cache)
         nxt = logits[:, -1].argmax(-1)
+        sync()
         return time.perf_counter() - t0, nxt.tolist()
 
     @torch.inference_mode()
@@ -336,17 +361,21 @@ class Generator:
         then greedy-decode until each row has `new_tokens` tokens (N - 1 decode steps). The
         decode time starts when the first token is picked, as chatforge's (its engine's first
         token callback). Returns (decode seconds, seconds to the first token, steps, row 0)."""
+        prompt = torch.tensor([prompt], dtype=torch.long, device=DEVICE)
+        sync()
         t0 = time.perf_counter()
         cache = self.model.new_cache()
-        logits = self.model.forward(torch.tensor([prompt], dtype=torch.long), cache)[:, -1]
+        logits = self.model.forward(prompt, cache)[:, -1]
         cache = [(k.repeat(batch, 1, 1, 1), v.repeat(batch, 1, 1, 1)) for k, v in cache]
         nxt = logits.argmax(-1).repeat(batch)  # (B,)
+        sync()
         t1 = time.perf_counter()
         tokens = [nxt]
         for _ in range(new_tokens - 1):
             logits = self.model.forward(nxt.view(batch, 1), cache)[:, -1]  # (B, V)
             nxt = logits.argmax(-1)
             tokens.append(nxt)
+        sync()
         t2 = time.perf_counter()
         row0 = [int(t[0]) for t in tokens]
         return t2 - t1, t1 - t0, new_tokens - 1, row0
@@ -355,13 +384,15 @@ class Generator:
 def matmul_gflops(n, repeats):
     """Median GFLOP/s of an n x n x n f32 GEMM (2 n^3 flops), after one warm-up."""
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g)
-    b = torch.randn(n, n, generator=g)
+    a = torch.randn(n, n, generator=g).to(DEVICE)
+    b = torch.randn(n, n, generator=g).to(DEVICE)
     a @ b
     times = []
     for _ in range(max(repeats, 1)):
+        sync()
         t0 = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - t0)
     t = median(times)
     return 2.0 * n**3 / t / 1e9, t
@@ -404,7 +435,7 @@ def serve(args, cfg, tensors, info):
                 gflops, secs = matmul_gflops(msg.get("n", 2048), msg.get("repeats", 5))
                 out = {"gflops": gflops, "seconds": secs}
             elif cmd == "memory":
-                out = {"peak_rss_bytes": peak_rss_bytes(), "rss_bytes": rss_bytes()}
+                out = memory()
             else:
                 raise ValueError(f"unknown command {cmd!r} in mode {args.mode}")
         except Exception as e:  # report and keep serving: the caller decides
@@ -434,7 +465,7 @@ def standalone_train(args, cfg, tensors, info):
             "losses": losses,
             "peak_rss_bytes_so_far": peak_rss_bytes(),
         }
-    info["peak_rss_bytes"] = peak_rss_bytes()
+    info.update(memory())
 
 
 def standalone_generate(args, cfg, tensors, info):
@@ -460,7 +491,7 @@ def standalone_generate(args, cfg, tensors, info):
             "decode_seconds_median": median(dec),
             "decode_tokens_per_second": b * (n - 1) / median(dec),
         }
-    info["peak_rss_bytes"] = peak_rss_bytes()
+    info.update(memory())
 
 
 def main():
@@ -468,6 +499,7 @@ def main():
     ap.add_argument("--model", required=True, help="directory with config.json + model.safetensors")
     ap.add_argument("--mode", required=True, choices=["train", "generate"])
     ap.add_argument("--serve", action="store_true", help="answer JSON commands on stdin")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random ids")
     ap.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
@@ -483,11 +515,23 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="generate: timed repetitions")
     args = ap.parse_args()
 
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: this torch sees no CUDA device")
+        torch.cuda.set_device(DEVICE)
+        # f32 means f32: no TF32 tensor-core products (chatforge's cuBLAS calls use none).
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
     torch.set_num_threads(args.threads)
     cfg, tensors = load_model_dir(args.model)
     info = {
         "mode": args.mode,
         "torch_version": torch.__version__,
+        "device": str(DEVICE)
+        + (f" ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else ""),
         "threads": torch.get_num_threads(),
         "params": sum(v.numel() for v in tensors.values()),
         "attention": "F.scaled_dot_product_attention",

@@ -32,6 +32,8 @@ pub struct ChatArgs {
     max_tokens: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    device: crate::device::DeviceOpt,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -44,7 +46,8 @@ const HELP: &str = "commands: /reset (forget the conversation), /temp X, /top_k 
                     /max N, /system TEXT, /help, /quit (or Ctrl-D)";
 
 pub fn run(a: ChatArgs) -> Result<()> {
-    let loaded = load_model(&a.model)
+    let device = a.device.open()?;
+    let loaded = load_model(&a.model, &device)
         .with_context(|| format!("loading a model from {}", a.model.display()))?;
     let tok = &loaded.tokenizer;
     let template = match a.template {
@@ -157,7 +160,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
         let mut p = params.clone();
         p.seed = params.seed.wrapping_add(turn);
         turn += 1;
-        let g = generate(&loaded.model, &prompt, &p, |id| {
+        let g = generate(&loaded.model, &device, &prompt, &p, |id| {
             if let Ok(piece) = dec.push(id) {
                 reply.push_str(&piece);
                 let _ = write!(out, "{piece}");

@@ -43,6 +43,8 @@ pub struct EvalArgs {
     /// Cache directory for tokenized pretraining text.
     #[arg(long, default_value = "runs/.eval-cache")]
     work_dir: PathBuf,
+    #[command(flatten)]
+    device: crate::device::DeviceOpt,
 }
 
 fn pct(x: f64) -> String {
@@ -135,12 +137,19 @@ pub fn run(a: EvalArgs) -> Result<()> {
         pretrain_val: a.pretrain_val.clone(),
         work_dir: a.work_dir.clone(),
     };
+    let device = a.device.open()?;
     let bar = crate::progress::count_bar("eval");
-    let report = evaluate(&contestants, &cfg, &paths, &mut |name, done, total| {
-        bar.set_message(name.to_string());
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let report = evaluate(
+        &contestants,
+        &cfg,
+        &paths,
+        &device,
+        &mut |name, done, total| {
+            bar.set_message(name.to_string());
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
     bar.finish_and_clear();
     eprintln!(
         "{} prompts, judged by {}",

@@ -64,6 +64,8 @@ pub struct LabelArgs {
     /// Skip malformed prompt records (counted) instead of stopping at the first.
     #[arg(long)]
     skip_bad_records: bool,
+    #[command(flatten)]
+    device: crate::device::DeviceOpt,
 }
 
 /// Samples responses with the engine.
@@ -100,7 +102,13 @@ impl Responder for EngineResponder {
                 seed: mix(mix(self.params.seed ^ mix(index as u64)) ^ attempt),
                 ..self.params.clone()
             };
-            let samples = generate_n(&self.loaded.model, &ids, missing.len(), &params)?;
+            let samples = generate_n(
+                &self.loaded.model,
+                self.loaded.params.device(),
+                &ids,
+                missing.len(),
+                &params,
+            )?;
             for (j, s) in missing.into_iter().zip(samples) {
                 let mut tokens = s.tokens;
                 if s.finish == FinishReason::Stop {
@@ -147,7 +155,7 @@ pub fn run(a: LabelArgs) -> Result<()> {
     let (records, stats) = read_prompts(&a.prompts, &opts)?;
     let prompts: Vec<Vec<Message>> = records.into_iter().map(|r| r.prompt).collect();
 
-    let loaded = load_model(&a.model)
+    let loaded = load_model(&a.model, &a.device.open()?)
         .with_context(|| format!("loading a model from {}", a.model.display()))?;
     let template = chatforge_train::artifact::template_of(&loaded.meta)
         .with_context(|| format!("{}: meta.json", loaded.checkpoint.dir.display()))?;

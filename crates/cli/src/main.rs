@@ -4,6 +4,7 @@
 
 mod bench;
 mod chat;
+mod device;
 mod eval;
 mod label;
 mod ppo;

@@ -79,6 +79,8 @@ pub struct PpoArgs {
     matmul_precision: Option<chatforge_model::ops::MatmulPrecision>,
     #[arg(long)]
     skip_bad_records: bool,
+    #[command(flatten)]
+    device: crate::device::DeviceOpt,
 }
 
 fn resolve(a: &PpoArgs) -> Result<PpoConfig> {
@@ -133,8 +135,11 @@ pub fn run(a: PpoArgs) -> Result<()> {
         out: a.out.clone(),
     };
     let stage = if cfg.ptx_coef > 0.0 { "ppo-ptx" } else { "ppo" };
+    let device = a.device.open()?;
     let mut progress = TrainProgress::new(stage);
-    let s = run_ppo(&cfg, &paths, a.resume, &mut |e| progress.on_event(e))?;
+    let s = run_ppo(&cfg, &paths, &device, a.resume, &mut |e| {
+        progress.on_event(e)
+    })?;
     progress.finish();
     eprintln!(
         "{stage} done: {} steps; checkpoint {}",

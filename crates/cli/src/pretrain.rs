@@ -77,6 +77,8 @@ pub struct PretrainArgs {
     /// the linears: f32 weights and accumulation; about twice the speed on CPUs with AVX512-BF16).
     #[arg(long)]
     matmul_precision: Option<chatforge_model::ops::MatmulPrecision>,
+    #[command(flatten)]
+    device: crate::device::DeviceOpt,
 }
 
 /// Defaults ← TOML file ← flags.
@@ -136,6 +138,7 @@ fn ensure_tokenizer(
 }
 
 pub fn run(a: PretrainArgs) -> Result<()> {
+    let device = a.device.open()?;
     let cfg = resolve(&a)?;
     let (train, val) = match a.world {
         Some(seed) => world_corpus(&a, seed)?,
@@ -152,7 +155,9 @@ pub fn run(a: PretrainArgs) -> Result<()> {
         out: a.out.clone(),
     };
     let mut progress = TrainProgress::new("pretrain");
-    let summary = run_pretrain(&cfg, &paths, a.resume, &mut |e| progress.on_event(e))?;
+    let summary = run_pretrain(&cfg, &paths, &device, a.resume, &mut |e| {
+        progress.on_event(e)
+    })?;
     progress.finish();
     eprintln!(
         "pretrain done: {} steps, val loss {} -> {:.4} ({:.4} bits/byte), {} skipped; checkpoint {}",

@@ -38,6 +38,8 @@ pub struct RankArgs {
     seed: u64,
     #[arg(long)]
     skip_bad_records: bool,
+    #[command(flatten)]
+    device: crate::device::DeviceOpt,
 }
 
 pub fn run(a: RankArgs) -> Result<()> {
@@ -57,11 +59,19 @@ pub fn run(a: RankArgs) -> Result<()> {
         seed: a.seed,
         skip_bad_records: a.skip_bad_records,
     };
+    let device = a.device.open()?;
     let bar = crate::progress::count_bar("rank");
-    let s = collect(&cfg, &a.model, &a.prompts, &a.out, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let s = collect(
+        &cfg,
+        &a.model,
+        &device,
+        &a.prompts,
+        &a.out,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
     bar.finish_and_clear();
     eprintln!(
         "rank done: {} records in {} ({} were there already), {} with ties; mean judge score \

@@ -61,6 +61,8 @@ pub struct RewardArgs {
     /// f32 weights and accumulation; about twice the speed on CPUs with AVX512-BF16).
     #[arg(long)]
     matmul_precision: Option<chatforge_model::ops::MatmulPrecision>,
+    #[command(flatten)]
+    device: crate::device::DeviceOpt,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -142,8 +144,11 @@ pub fn run(a: RewardArgs) -> Result<()> {
         data: a.data.clone(),
         out: a.out.clone(),
     };
+    let device = a.device.open()?;
     let mut progress = TrainProgress::new("reward");
-    let s = run_reward(&cfg, &paths, a.resume, &mut |e| progress.on_event(e))?;
+    let s = run_reward(&cfg, &paths, &device, a.resume, &mut |e| {
+        progress.on_event(e)
+    })?;
     progress.finish();
     eprintln!(
         "reward done: {} steps on {} rankings ({} pairs), {} held out; {} dropped as too long, \

@@ -46,6 +46,8 @@ pub struct SampleArgs {
     /// With --best-of-n: print every reply with its score, best first.
     #[arg(long, requires = "best_of_n")]
     show_all: bool,
+    #[command(flatten)]
+    device: crate::device::DeviceOpt,
 }
 
 /// `--best-of-n`: sample `n` chat replies, print the best (or all, ranked).
@@ -57,9 +59,10 @@ fn run_best_of_n(a: &SampleArgs, n: usize, reward: &std::path::Path) -> Result<(
     if a.prompt.trim().is_empty() {
         anyhow::bail!("--best-of-n needs a --prompt (the user's message)");
     }
-    let loaded = load_model(&a.model)
+    let device = a.device.open()?;
+    let loaded = load_model(&a.model, &device)
         .with_context(|| format!("loading a model from {}", a.model.display()))?;
-    let rm = RewardModel::load(reward)
+    let rm = RewardModel::load(reward, &device)
         .with_context(|| format!("loading a reward model from {}", reward.display()))?;
     let template = chatforge_train::artifact::template_of(&loaded.meta)?;
     let params = SamplingParams {
@@ -73,6 +76,7 @@ fn run_best_of_n(a: &SampleArgs, n: usize, reward: &std::path::Path) -> Result<(
     let prompt = [Message::user(a.prompt.clone())];
     let ranked = best_of_n(
         &loaded.model,
+        &device,
         &loaded.tokenizer,
         template,
         &rm,
@@ -100,7 +104,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if let (Some(n), Some(reward)) = (a.best_of_n, a.reward.as_deref()) {
         return run_best_of_n(&a, n, reward);
     }
-    let loaded = load_model(&a.model)
+    let device = a.device.open()?;
+    let loaded = load_model(&a.model, &device)
         .with_context(|| format!("loading a model from {}", a.model.display()))?;
     let tok = &loaded.tokenizer;
     let eot = tok.special(Special::Eot);
@@ -122,7 +127,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
         out.flush()?;
         let mut dec = StreamDecoder::new(tok);
         let mut io_err = None;
-        let g = generate(&loaded.model, &prompt, &params, |id| {
+        let g = generate(&loaded.model, &device, &prompt, &params, |id| {
             let written = match dec.push(id) {
                 Ok(piece) => write!(out, "{piece}")
                     .and_then(|_| out.flush())

@@ -34,6 +34,8 @@ pub struct ScoreArgs {
     /// Skip (and count) bad ranking records instead of failing.
     #[arg(long)]
     skip_bad_records: bool,
+    #[command(flatten)]
+    device: crate::device::DeviceOpt,
 }
 
 /// One prompt/response line.
@@ -117,7 +119,8 @@ fn is_pair_file(path: &Path) -> Result<bool> {
 }
 
 pub fn run(a: ScoreArgs) -> Result<()> {
-    let rm = RewardModel::load(&a.reward)
+    let device = a.device.open()?;
+    let rm = RewardModel::load(&a.reward, &device)
         .with_context(|| format!("loading a reward model from {}", a.reward.display()))?;
     let ctx = rm.config().context_length;
     let stdout = std::io::stdout();

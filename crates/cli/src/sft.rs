@@ -57,6 +57,8 @@ pub struct SftArgs {
     /// the linears: f32 weights and accumulation; about twice the speed on CPUs with AVX512-BF16).
     #[arg(long)]
     matmul_precision: Option<chatforge_model::ops::MatmulPrecision>,
+    #[command(flatten)]
+    device: crate::device::DeviceOpt,
 }
 
 fn resolve(a: &SftArgs) -> Result<SftConfig> {
@@ -112,8 +114,11 @@ pub fn run(a: SftArgs) -> Result<()> {
         tasks: a.tasks.clone(),
         out: a.out.clone(),
     };
+    let device = a.device.open()?;
     let mut progress = TrainProgress::new("sft");
-    let s = run_sft(&cfg, &paths, a.resume, &mut |e| progress.on_event(e))?;
+    let s = run_sft(&cfg, &paths, &device, a.resume, &mut |e| {
+        progress.on_event(e)
+    })?;
     progress.finish();
     eprintln!(
         "sft done: {} steps, val loss {} -> {:.4}; checkpoint {}",

@@ -43,9 +43,11 @@ pub struct SpeedrunArgs {
     /// Precision of the linear layers' matrix products in every training stage (pretrain, SFT,
     /// reward, PPO): f32, bf16 (autocast for the linears: f32 weights and accumulation), or auto:
     /// bf16 where the CPU has AVX512-BF16 (our bf16 kernel; measured 378 s for the default preset
-    /// against 777 s in f32 on a Zen 4 with 2 cores), f32 elsewhere.
+    /// against 777 s in f32 on a Zen 4 with 2 cores), f32 elsewhere (and on a GPU).
     #[arg(long, default_value = "auto")]
     matmul_precision: String,
+    #[command(flatten)]
+    device: crate::device::DeviceOpt,
 }
 
 /// Every stage's settings for one preset.
@@ -198,8 +200,12 @@ fn path_str(p: &Path) -> Value {
 }
 
 pub fn run(a: SpeedrunArgs) -> Result<()> {
+    let device = a.device.open()?;
     let prec = match a.matmul_precision.as_str() {
-        "auto" if chatforge_model::ops::gemm::bf16_kernel_available() => MatmulPrecision::Bf16,
+        // Our bf16 kernel is a CPU one; on a GPU the bf16 linears would only round operands.
+        "auto" if device.is_cpu() && chatforge_model::ops::gemm::bf16_kernel_available() => {
+            MatmulPrecision::Bf16
+        }
         "auto" => MatmulPrecision::F32,
         p => p.parse().map_err(anyhow::Error::msg)?,
     };
@@ -259,6 +265,7 @@ pub fn run(a: SpeedrunArgs) -> Result<()> {
                     tokenizer: tok_path.clone(),
                     out: pretrain_dir.clone(),
                 },
+                &device,
                 true,
                 &mut |e| p.on_event(e),
             )?;
@@ -286,6 +293,7 @@ pub fn run(a: SpeedrunArgs) -> Result<()> {
                     tasks: Some(sft_dir.join("val_tasks.jsonl")),
                     out: sft_out.clone(),
                 },
+                &device,
                 true,
                 &mut |e| p.on_event(e),
             )?;
@@ -310,6 +318,7 @@ pub fn run(a: SpeedrunArgs) -> Result<()> {
             let s = chatforge_train::rank::collect(
                 &plan.rank,
                 &sft_out,
+                &device,
                 &[prompts_dir.join("rank.jsonl")],
                 &rankings,
                 &mut |d, t| {
@@ -337,6 +346,7 @@ pub fn run(a: SpeedrunArgs) -> Result<()> {
                     data: vec![rankings.clone()],
                     out: dir,
                 },
+                &device,
                 true,
                 &mut |e| p.on_event(e),
             )?;
@@ -380,6 +390,7 @@ pub fn run(a: SpeedrunArgs) -> Result<()> {
                     pretrain_val: vec![corpus_val.clone()],
                     out: dir,
                 },
+                &device,
                 true,
                 &mut |e| p.on_event(e),
             )?;
@@ -454,6 +465,7 @@ pub fn run(a: SpeedrunArgs) -> Result<()> {
                     pretrain_val: vec![corpus_val.clone()],
                     work_dir: out.join("eval-cache"),
                 },
+                &device,
                 &mut |name, d, t| {
                     bar.set_message(name.to_string());
                     bar.set_length(t as u64);

@@ -273,3 +273,52 @@ fn bad_input_ends_in_one_line_errors() {
     let o = chatforge(&["sample", "--model", p(tmp.path()), "--prompt", "x"]);
     assert_clean_error(&o, &["no complete checkpoint"]);
 }
+
+#[test]
+fn the_device_flag_is_checked_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    // An unknown name: clap's usage error, saying what is accepted.
+    let o = chatforge(&[
+        "pretrain",
+        "--world",
+        "1",
+        "--out",
+        p(&out),
+        "--device",
+        "gpu",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cpu, cuda or cuda:N"), "{}", stderr(&o));
+    assert!(!out.exists(), "nothing may be written for a bad flag");
+
+    // CUDA in a binary built without it: one line that says how to get it, before any work.
+    #[cfg(not(feature = "cuda"))]
+    {
+        for args in [
+            vec![
+                "pretrain",
+                "--world",
+                "1",
+                "--out",
+                p(&out),
+                "--device",
+                "cuda",
+            ],
+            vec![
+                "sample",
+                "--model",
+                p(&out),
+                "--prompt",
+                "x",
+                "--device",
+                "cuda:1",
+            ],
+            vec!["bench", "train", "--no-peer", "--device", "cuda"],
+        ] {
+            let o = chatforge(&args);
+            assert_clean_error(&o, &["built without CUDA", "--features cuda"]);
+        }
+        assert!(!out.exists(), "no world or tokenizer may be written");
+    }
+}

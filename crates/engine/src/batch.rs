@@ -121,9 +121,11 @@ impl GenerateRequest<'_> {
     }
 }
 
-/// Generates `n` samples of a continuation of `prompt` (no forced prefix, no callback).
+/// Generates `n` samples of a continuation of `prompt` (no forced prefix, no callback) with
+/// `model`, whose weights are on `device`.
 pub fn generate_n(
     model: &Gpt,
+    device: &Device,
     prompt: &[u32],
     n: usize,
     params: &SamplingParams,
@@ -134,11 +136,13 @@ pub fn generate_n(
         n,
         params,
     };
-    generate_batch(model, &req, |_, _| true)
+    generate_batch(model, device, &req, |_, _| true)
 }
 
 /// Generates `req.n` continuations of `req.prompt` together (see the module docs for the
-/// algorithm and its guarantees); returns them in row order.
+/// algorithm and its guarantees) with `model`, whose weights are on `device` (token ids are
+/// sent there; the logits of each step come back to the host for sampling); returns them in row
+/// order.
 ///
 /// `on_token(row, token)` sees each output token of each row as it is produced, except a
 /// sampled stop token, and returns `false` to end that row with [`FinishReason::Cancelled`]
@@ -148,6 +152,7 @@ pub fn generate_n(
 /// error; never on reaching the context window.
 pub fn generate_batch(
     model: &Gpt,
+    device: &Device,
     req: &GenerateRequest,
     mut on_token: impl FnMut(usize, u32) -> bool,
 ) -> Result<Vec<Sample>> {
@@ -163,12 +168,10 @@ pub fn generate_batch(
     }
 
     // Prefill once with batch 1, then fork: every row starts from the prompt's last logits.
-    // (`Gpt` does not expose its device, so the engine runs on the CPU.)
-    let device = Device::Cpu;
     // Room for every position this call can write, so the cache never grows while decoding.
     let positions = (req.prompt.len() + params.max_tokens).min(ctx);
     let mut cache = KvCache::with_capacity(model.config().n_layer, positions);
-    let prompt = Tensor::new(req.prompt, &device)?.unsqueeze(0)?; // (1, P)
+    let prompt = Tensor::new(req.prompt, device)?.unsqueeze(0)?; // (1, P)
     let first = last_position_logits(&model.forward(&prompt, Some(&mut cache))?)?.concat(); // (V,)
     let mut logits = vec![first; n]; // n × (V,)
     let mut cache = cache.select_rows(&vec![0u32; n])?;
@@ -202,7 +205,7 @@ pub fn generate_batch(
         }
 
         // 3. Feed the new tokens as one batch.
-        let ids = Tensor::from_vec(next, (running.len(), 1), &device)?; // (B, 1)
+        let ids = Tensor::from_vec(next, (running.len(), 1), device)?; // (B, 1)
         logits = last_position_logits(&model.forward(&ids, Some(&mut cache))?)?;
     }
     Ok(rows.into_iter().map(Row::into_sample).collect())

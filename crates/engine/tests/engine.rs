@@ -174,7 +174,7 @@ fn greedy_decode_with_the_cache_equals_full_recompute_at_every_step() {
     for cfg in configs() {
         let (model, _) = models(&cfg, 1);
         let p = prompt(5, 2);
-        let samples = generate_n(&model, &p, 2, &sampling(0.0, 0, 100)).unwrap();
+        let samples = generate_n(&model, &Device::Cpu, &p, 2, &sampling(0.0, 0, 100)).unwrap();
         let mut worst = 0.0f64;
         for s in &samples {
             // No stop token and a large budget: the context window ends the row, exactly full.
@@ -259,10 +259,10 @@ fn a_row_is_the_same_whatever_the_batch_size() {
     let mut params = sampling(1.0, 11, 10);
     // Stop tokens taken from the rows themselves, so rows end at different steps and the batch
     // shrinks as it goes.
-    let free = generate_n(&model, &p, 5, &params).unwrap();
+    let free = generate_n(&model, &Device::Cpu, &p, 5, &params).unwrap();
     params.stop_tokens = vec![free[0].tokens[2], free[1].tokens[6]];
     let by_n: Vec<Vec<Sample>> = (1..=5)
-        .map(|n| generate_n(&model, &p, n, &params).unwrap())
+        .map(|n| generate_n(&model, &Device::Cpu, &p, n, &params).unwrap())
         .collect();
     let lengths: Vec<usize> = by_n[4].iter().map(|s| s.tokens.len()).collect();
     assert!(
@@ -282,10 +282,10 @@ fn a_row_is_the_same_whatever_the_batch_size() {
         }
     }
     // The single-sequence wrapper is row 0, bit for bit (the same batch of one).
-    let single = generate(&model, &p, &params, |_| true).unwrap();
+    let single = generate(&model, &Device::Cpu, &p, &params, |_| true).unwrap();
     assert_eq!(single, by_n[0][0]);
     // Greedy rows are all the same.
-    let greedy = generate_n(&model, &p, 4, &sampling(0.0, 11, 10)).unwrap();
+    let greedy = generate_n(&model, &Device::Cpu, &p, 4, &sampling(0.0, 11, 10)).unwrap();
     for s in &greedy {
         worst = worst.max(assert_same_sample(s, &greedy[0], "greedy rows"));
     }
@@ -314,7 +314,7 @@ fn engine_logprobs_equal_training_forward_logprobs() {
                 n: 3,
                 params: &params,
             };
-            let samples = generate_batch(&model, &req, |_, _| true).unwrap();
+            let samples = generate_batch(&model, &Device::Cpu, &req, |_, _| true).unwrap();
             let mut worst = 0.0f32;
             for s in &samples {
                 assert_eq!(s.tokens.len(), 12);
@@ -350,7 +350,7 @@ fn forced_tokens_are_scored_not_sampled_and_never_stop_a_row() {
         n: 2,
         params: &params,
     };
-    let samples = generate_batch(&model, &req, |_, _| true).unwrap();
+    let samples = generate_batch(&model, &Device::Cpu, &req, |_, _| true).unwrap();
     // Forced tokens draw no randomness, so what follows them is exactly a plain generation from
     // prompt + forced with the remaining budget.
     let mut extended = p.clone();
@@ -359,7 +359,7 @@ fn forced_tokens_are_scored_not_sampled_and_never_stop_a_row() {
         max_tokens: 9 - forced.len(),
         ..params.clone()
     };
-    let plain = generate_n(&model, &extended, 2, &rest).unwrap();
+    let plain = generate_n(&model, &Device::Cpu, &extended, 2, &rest).unwrap();
     for (s, q) in samples.iter().zip(&plain) {
         assert_eq!(
             &s.tokens[..3],
@@ -380,7 +380,9 @@ fn forced_tokens_are_scored_not_sampled_and_never_stop_a_row() {
         n: 1,
         params: &params,
     };
-    let s = generate_batch(&model, &req, |_, _| true).unwrap().remove(0);
+    let s = generate_batch(&model, &Device::Cpu, &req, |_, _| true)
+        .unwrap()
+        .remove(0);
     assert_eq!(
         (s.tokens.as_slice(), s.finish),
         (&forced[..], FinishReason::Length)
@@ -389,6 +391,7 @@ fn forced_tokens_are_scored_not_sampled_and_never_stop_a_row() {
     let params = sampling(1.0, 15, 2);
     assert!(generate_batch(
         &model,
+        &Device::Cpu,
         &GenerateRequest {
             params: &params,
             ..req
@@ -399,6 +402,7 @@ fn forced_tokens_are_scored_not_sampled_and_never_stop_a_row() {
     let bad = [1u32, VOCAB as u32];
     assert!(generate_batch(
         &model,
+        &Device::Cpu,
         &GenerateRequest {
             forced_prefix: &bad,
             ..req
@@ -413,7 +417,7 @@ fn stop_tokens_max_tokens_and_the_context_are_exact() {
     let cfg = &configs()[0];
     let (model, _) = models(cfg, 16);
     let p = prompt(4, 17);
-    let greedy = generate_n(&model, &p, 1, &sampling(0.0, 0, 15))
+    let greedy = generate_n(&model, &Device::Cpu, &p, 1, &sampling(0.0, 0, 15))
         .unwrap()
         .remove(0);
     assert_eq!(
@@ -427,7 +431,7 @@ fn stop_tokens_max_tokens_and_the_context_are_exact() {
     let mut params = sampling(0.0, 0, 15);
     params.stop_tokens = vec![stop];
     let mut seen = Vec::new();
-    let s = generate(&model, &p, &params, |t| {
+    let s = generate(&model, &Device::Cpu, &p, &params, |t| {
         seen.push(t);
         true
     })
@@ -442,7 +446,7 @@ fn stop_tokens_max_tokens_and_the_context_are_exact() {
 
     // max_tokens is exact, including 0.
     for max in [0, 1, 6] {
-        let s = generate_n(&model, &p, 2, &sampling(0.0, 0, max)).unwrap();
+        let s = generate_n(&model, &Device::Cpu, &p, 2, &sampling(0.0, 0, max)).unwrap();
         for s in s {
             assert_eq!((s.tokens.len(), s.finish), (max, FinishReason::Length));
             assert_eq!(s.tokens, greedy.tokens[..max]);
@@ -451,20 +455,29 @@ fn stop_tokens_max_tokens_and_the_context_are_exact() {
 
     // The context window: prompt + output never exceed it, and filling it is not an error.
     let long = prompt(CTX - 1, 18);
-    let s = generate_n(&model, &long, 3, &sampling(1.0, 0, 10)).unwrap();
+    let s = generate_n(&model, &Device::Cpu, &long, 3, &sampling(1.0, 0, 10)).unwrap();
     assert!(s
         .iter()
         .all(|s| s.tokens.len() == 1 && s.finish == FinishReason::Context));
-    let s = generate_n(&model, &prompt(CTX - 3, 18), 1, &sampling(1.0, 0, 3)).unwrap();
+    let s = generate_n(
+        &model,
+        &Device::Cpu,
+        &prompt(CTX - 3, 18),
+        1,
+        &sampling(1.0, 0, 3),
+    )
+    .unwrap();
     assert_eq!((s[0].tokens.len(), s[0].finish), (3, FinishReason::Length));
 
     // Bad requests are errors, not panics.
     let ok = sampling(1.0, 0, 5);
-    assert!(generate_n(&model, &[], 1, &ok).is_err());
-    assert!(generate_n(&model, &prompt(CTX, 19), 1, &ok).is_err());
-    assert!(generate_n(&model, &[1, VOCAB as u32], 1, &ok).is_err());
-    assert!(generate_n(&model, &p, 1, &sampling(-1.0, 0, 5)).is_err());
-    assert!(generate_n(&model, &p, 0, &ok).unwrap().is_empty());
+    assert!(generate_n(&model, &Device::Cpu, &[], 1, &ok).is_err());
+    assert!(generate_n(&model, &Device::Cpu, &prompt(CTX, 19), 1, &ok).is_err());
+    assert!(generate_n(&model, &Device::Cpu, &[1, VOCAB as u32], 1, &ok).is_err());
+    assert!(generate_n(&model, &Device::Cpu, &p, 1, &sampling(-1.0, 0, 5)).is_err());
+    assert!(generate_n(&model, &Device::Cpu, &p, 0, &ok)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -473,7 +486,7 @@ fn a_cancelled_row_ends_alone() {
     let (model, _) = models(cfg, 20);
     let p = prompt(4, 21);
     let params = sampling(1.0, 22, 8);
-    let all = generate_n(&model, &p, 3, &params).unwrap();
+    let all = generate_n(&model, &Device::Cpu, &p, 3, &params).unwrap();
     let req = GenerateRequest {
         prompt: &p,
         forced_prefix: &[],
@@ -481,7 +494,7 @@ fn a_cancelled_row_ends_alone() {
         params: &params,
     };
     let mut count = [0usize; 3];
-    let got = generate_batch(&model, &req, |row, _| {
+    let got = generate_batch(&model, &Device::Cpu, &req, |row, _| {
         count[row] += 1;
         !(row == 1 && count[row] == 2)
     })
@@ -494,7 +507,7 @@ fn a_cancelled_row_ends_alone() {
     assert_eq!(count, [8, 2, 8]);
 
     let mut k = 0;
-    let single = generate(&model, &p, &params, |_| {
+    let single = generate(&model, &Device::Cpu, &p, &params, |_| {
         k += 1;
         k < 3
     })
@@ -508,7 +521,9 @@ fn samples_are_deterministic_and_seeded() {
     let cfg = &configs()[0];
     let (model, _) = models(cfg, 23);
     let p = prompt(4, 24);
-    let run = |t: f32, seed: u64| generate_n(&model, &p, 2, &sampling(t, seed, 12)).unwrap();
+    let run = |t: f32, seed: u64| {
+        generate_n(&model, &Device::Cpu, &p, 2, &sampling(t, seed, 12)).unwrap()
+    };
     assert_eq!(run(1.0, 1), run(1.0, 1));
     let (a, b) = (run(1.0, 1), run(1.0, 2));
     assert_ne!(a[0].tokens, b[0].tokens);

@@ -71,7 +71,13 @@ fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 
 /// Writes a complete checkpoint atomically; refuses if any weight or moment is not finite.
 pub fn save(req: SaveRequest<'_>) -> Result<PathBuf> {
-    let weights = req.params.tensors();
+    // One copy to the host for weights on another device (none for CPU ones), read twice below.
+    let weights = req
+        .params
+        .tensors()
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_device(&Device::Cpu)?)))
+        .collect::<Result<BTreeMap<_, _>>>()?;
     ensure_finite(&weights)?;
     let (opt_tensors, opt_step) = req.optimizer.state_tensors(&var_map(req.params))?;
     ensure_finite(&opt_tensors)?;
@@ -197,7 +203,7 @@ pub fn trainer_state<T: serde::de::DeserializeOwned>(ck: &Checkpoint) -> Result<
     parse(ck, "trainer_state.json")
 }
 
-/// Loads the optimizer moments of a checkpoint into `opt` for `params`.
+/// Loads the optimizer moments of a checkpoint into `opt` for `params` (onto their device).
 pub fn load_optimizer(ck: &Checkpoint, params: &Params, opt: &mut AdamW) -> Result<()> {
     let state: serde_json::Value = parse(ck, "trainer_state.json")?;
     let step = state
@@ -222,8 +228,8 @@ pub struct Parts {
     pub params: Params,
 }
 
-/// Reads the checkpoint at (or newest under) `path` into [`Parts`].
-pub fn load_parts(path: &Path) -> Result<Parts> {
+/// Reads the checkpoint at (or newest under) `path` into [`Parts`], with the weights on `device`.
+pub fn load_parts(path: &Path, device: &Device) -> Result<Parts> {
     let checkpoint = find_checkpoint(path)?;
     let config: GptConfig = parse(&checkpoint, "config.json")?;
     config.validate()?;
@@ -250,7 +256,7 @@ pub fn load_parts(path: &Path) -> Result<Parts> {
             ),
         });
     }
-    let tensors = safetensors_from_bytes(&checkpoint.read("model.safetensors")?, &Device::Cpu)?;
+    let tensors = safetensors_from_bytes(&checkpoint.read("model.safetensors")?, device)?;
     let params = Params::from_tensors(tensors)?;
     Ok(Parts {
         checkpoint,
@@ -261,15 +267,16 @@ pub fn load_parts(path: &Path) -> Result<Parts> {
     })
 }
 
-/// Loads weights, config and tokenizer of the checkpoint at (or newest under) `path`.
-pub fn load_model(path: &Path) -> Result<LoadedModel> {
+/// Loads weights (onto `device`), config and tokenizer of the checkpoint at (or newest under)
+/// `path`.
+pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
     let Parts {
         checkpoint,
         config,
         meta,
         tokenizer,
         params,
-    } = load_parts(path)?;
+    } = load_parts(path, device)?;
     params.check(&Params::expected_shapes(&config))?;
     // Inference: weights enter the graph as constants, so the KV cache holds no autograd graph.
     let model = Gpt::new(&config, params.frozen_var_builder(DType::F32))?;

@@ -8,6 +8,7 @@
 //! way its training rankings were encoded), with the assistant-end token only when the reply
 //! ended with it.
 
+use candle_core::Device;
 use chatforge_data::conversation::Message;
 use chatforge_engine::{generate_n, FinishReason, SamplingParams};
 use chatforge_model::Gpt;
@@ -17,10 +18,12 @@ use chatforge_tokenizer::Tokenizer;
 use crate::reward::RewardModel;
 use crate::{Error, Result};
 
-/// Samples `n` replies to `prompt` from `policy` and scores them with `rm`. Returns `(reply
+/// Samples `n` replies to `prompt` from `policy` (weights on `device`) and scores them with `rm`. Returns `(reply
 /// text, score, ended)` for each, best first (ties keep sampling order).
+#[allow(clippy::too_many_arguments)]
 pub fn best_of_n(
     policy: &Gpt,
+    device: &Device,
     tok: &Tokenizer,
     template: ChatTemplate,
     rm: &RewardModel,
@@ -52,7 +55,7 @@ pub fn best_of_n(
     if !params.stop_tokens.contains(&end) {
         params.stop_tokens.push(end);
     }
-    let samples = generate_n(policy, &ids, n, &params)?;
+    let samples = generate_n(policy, device, &ids, n, &params)?;
     let mut replies = Vec::with_capacity(n);
     for s in &samples {
         let ended = s.finish == FinishReason::Stop && s.tokens.last() == Some(&end);

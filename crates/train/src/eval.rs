@@ -26,6 +26,7 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::Device;
 use chatforge_data::conversation::Role;
 use chatforge_data::corpus::ReadOptions;
 use chatforge_data::prompts::{read_prompts, PromptRecord};
@@ -227,7 +228,7 @@ fn assistant_replies(
             stop_tokens: vec![end],
             ..SamplingParams::default()
         };
-        let g = generate(&m.model, &ids, &params, |_| true)?;
+        let g = generate(&m.model, m.params.device(), &ids, &params, |_| true)?;
         out.push(Reply {
             text: decode(&m.tokenizer, &g.tokens, end)?,
             ended: g.finish == FinishReason::Stop,
@@ -271,7 +272,7 @@ fn few_shot_replies(
             stop_tokens: vec![eot],
             ..SamplingParams::default()
         };
-        let g = generate(&m.model, &ids, &params, |_| true)?;
+        let g = generate(&m.model, m.params.device(), &ids, &params, |_| true)?;
         let text = decode(tok, &g.tokens, eot)?;
         // The answer is the first line; a reply that reached its line break ended.
         let (line, ended) = match text.find('\n') {
@@ -307,6 +308,7 @@ fn best_of_n_replies(
         };
         let ranked = best_of_n(
             &m.model,
+            m.params.device(),
             &m.tokenizer,
             template,
             rm,
@@ -349,7 +351,7 @@ fn kl_to_reference(
             stop_tokens: vec![end],
             ..SamplingParams::default()
         };
-        let s = generate_n(&m.model, &ids, 1, &params)?
+        let s = generate_n(&m.model, m.params.device(), &ids, 1, &params)?
             .pop()
             .ok_or_else(|| Error::Data("no sample".into()))?;
         let r = Rollout {
@@ -359,7 +361,7 @@ fn kl_to_reference(
             response: s.tokens,
             logprobs: s.logprobs,
         };
-        let packed = pack(&[&r], pad)?;
+        let packed = pack(&[&r], pad, m.params.device())?;
         let (lp, _) = token_logprobs(reference, &packed, 1.0)?;
         let lref = per_row(&lp, &packed)?.remove(0);
         total += r
@@ -390,11 +392,13 @@ fn pretrain_rows(tok: &Tokenizer, paths: &EvalPaths, context: usize) -> Result<O
     Ok(Some(eval_rows(&prep.val, context.min(128), 32)?))
 }
 
-/// Runs the evaluation; `on_progress(contestant, done, total)` after every reply.
+/// Runs the evaluation with every model on `device`; `on_progress(contestant, done, total)`
+/// after every reply.
 pub fn evaluate(
     contestants: &[Contestant],
     cfg: &EvalConfig,
     paths: &EvalPaths,
+    device: &Device,
     on_progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<EvalReport> {
     if contestants.is_empty() {
@@ -417,13 +421,21 @@ pub fn evaluate(
         .collect();
     let tasks: Vec<Option<Task>> = prompts.iter().map(PromptRecord::task).collect();
     let gold = tasks.iter().all(Option::is_some);
-    let rm = paths.reward.as_deref().map(RewardModel::load).transpose()?;
+    let rm = paths
+        .reward
+        .as_deref()
+        .map(|p| RewardModel::load(p, device))
+        .transpose()?;
     if !gold && rm.is_none() {
         return Err(Error::Config(
             "some prompts have no world task, so a reward model (--reward) must judge them".into(),
         ));
     }
-    let reference = paths.reference.as_deref().map(load_model).transpose()?;
+    let reference = paths
+        .reference
+        .as_deref()
+        .map(|p| load_model(p, device))
+        .transpose()?;
     let baseline = match &cfg.baseline {
         Some(b) => contestants
             .iter()
@@ -436,7 +448,7 @@ pub fn evaluate(
     let mut results = Vec::with_capacity(contestants.len());
     let mut tax_rows: Option<(String, Vec<Batch>, Vec<u32>)> = None;
     for c in contestants {
-        let m = load_model(&c.model)?;
+        let m = load_model(&c.model, device)?;
         let mut done = 0;
         let mut tick = || {
             done += 1;
@@ -455,7 +467,7 @@ pub fn evaluate(
                 few_shot_replies(&m, prompts, &shots, cfg, &mut tick)?
             }
             ContestantKind::BestOfN { reward, n } => {
-                let brm = RewardModel::load(reward)?;
+                let brm = RewardModel::load(reward, device)?;
                 best_of_n_replies(&m, &brm, *n, prompts, cfg, &mut tick)?
             }
         };
@@ -472,7 +484,7 @@ pub fn evaluate(
                     .map(|rows| (hash.clone(), rows, token_byte_lengths(&m.tokenizer)));
             }
             match &tax_rows {
-                Some((_, rows, bytes)) => Some(pretrain_loss(&m.model, rows, bytes)?.0),
+                Some((_, rows, bytes)) => Some(pretrain_loss(&m.model, device, rows, bytes)?.0),
                 None => None,
             }
         };

@@ -92,7 +92,7 @@ pub fn guarded_update(
     lr: f64,
     grad_clip: f64,
 ) -> Result<(Verdict, f64)> {
-    let norm = clip_grads(grads, grad_clip);
+    let norm = clip_grads(grads, grad_clip)?;
     let verdict = guard.check(loss, norm);
     if verdict == Verdict::Apply {
         opt.step(vars, grads, lr)?;
@@ -132,7 +132,7 @@ pub fn guarded_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optim::OptimConfig;
+    use crate::optim::{Grad, OptimConfig};
     use candle_core::Device;
 
     #[test]
@@ -141,7 +141,8 @@ mod tests {
         let vars = BTreeMap::from([("w".to_string(), var.clone())]);
         let mut opt = AdamW::new(OptimConfig::default());
         let mut guard = Guard::default();
-        let mut good = BTreeMap::from([("w".to_string(), vec![0.1f32, -0.2, 0.3, 0.0])]);
+        let mut good =
+            BTreeMap::from([("w".to_string(), Grad::from(vec![0.1f32, -0.2, 0.3, 0.0]))]);
         let (v, _) =
             guarded_update(&mut guard, &mut opt, &vars, &mut good, 1.0, 0.01, 1.0).unwrap();
         assert_eq!(v, Verdict::Apply);
@@ -155,7 +156,8 @@ mod tests {
             guard.seen,
         );
         for bad in [f32::NAN, f32::INFINITY] {
-            let mut g = BTreeMap::from([("w".to_string(), vec![0.1f32, bad, 0.3, 0.0])]);
+            let mut g =
+                BTreeMap::from([("w".to_string(), Grad::from(vec![0.1f32, bad, 0.3, 0.0]))]);
             let (v, norm) =
                 guarded_update(&mut guard, &mut opt, &vars, &mut g, 1.0, 0.01, 1.0).unwrap();
             assert!(matches!(v, Verdict::Skip(_)), "{v:?}");

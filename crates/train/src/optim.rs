@@ -11,9 +11,16 @@
 //! p  ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)
 //! ```
 //!
-//! The moments live as plain `Vec<f32>` beside each parameter and the update is one fused pass
-//! per tensor (rayon over chunks) that writes the parameter's storage in place (a candle
-//! in-place op), so a step allocates nothing.
+//! For parameters on the CPU the gradients and moments live as plain `Vec<f32>` beside each
+//! parameter and the update is one fused pass per tensor (rayon over chunks) that writes the
+//! parameter's storage in place (a candle in-place op), so a step allocates nothing. For
+//! parameters on another device the gradients and moments stay there as tensors, and nothing
+//! crosses to the host but the gradient norm. On CUDA the update and the norm are our own fused
+//! kernels ([`cuda`], two launches per parameter for the update, one for the norm); elsewhere, or
+//! with [`AdamW::with_composed_update`], the same update runs as candle tensor operations. All
+//! three do the same f32 operations in the same order: on the CPU the composed path agrees with
+//! the fused pass bit for bit (a test forces it on CPU tensors), and so do the CUDA kernels
+//! (compiled without contracted multiply-adds) given the same gradients.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +29,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
+
+#[cfg(feature = "cuda")]
+mod cuda;
 
 /// Hyper-parameters of the optimizer and its schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,13 +79,70 @@ pub fn lr_at(cfg: &OptimConfig, step: u64, total: u64) -> f64 {
     min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
-/// Gradients of every parameter as flat f32 vectors, keyed by parameter name. Accumulating
-/// micro-batches adds into these.
-pub type FlatGrads = BTreeMap<String, Vec<f32>>;
+/// One parameter's accumulated gradient, f32, where its parameter's update will read it.
+#[derive(Debug, Clone)]
+pub enum Grad {
+    /// Flat on the host: parameters on the CPU (the fused in-place update).
+    Host(Vec<f32>),
+    /// A tensor of the parameter's shape on the parameter's device (CUDA): the update runs there
+    /// as tensor operations.
+    Tensor(Tensor),
+}
+
+impl Grad {
+    /// The values, flat, on the host (a device-to-host copy for [`Grad::Tensor`]).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        match self {
+            Grad::Host(g) => Ok(g.clone()),
+            Grad::Tensor(t) => Ok(t.flatten_all()?.to_vec1::<f32>()?),
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Grad::Host(g) => g.len(),
+            Grad::Tensor(t) => t.elem_count(),
+        }
+    }
+
+    /// Whether the gradient has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The gradient as a tensor of `shape` on `device` (no copy when it already is one there).
+    fn tensor_on(&self, shape: &candle_core::Shape, device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            Grad::Host(g) => Tensor::from_slice(g, shape, device)?,
+            Grad::Tensor(t) => t.to_device(device)?.reshape(shape)?,
+        })
+    }
+}
+
+impl From<Vec<f32>> for Grad {
+    fn from(g: Vec<f32>) -> Self {
+        Grad::Host(g)
+    }
+}
+
+/// Gradients of every parameter, keyed by parameter name: flat f32 vectors on the host for
+/// parameters on the CPU, f32 tensors on the device otherwise. Accumulating micro-batches adds
+/// into these.
+pub type FlatGrads = BTreeMap<String, Grad>;
+
+/// The device of a set of trainable variables (the first one's; the CPU when there are none).
+pub fn vars_device(vars: &BTreeMap<String, Var>) -> Device {
+    vars.values()
+        .next()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu)
+}
 
 /// Adds the gradients of `loss.backward()` into `acc` (created on first use), scaled by `scale`.
 /// A parameter that received no gradient is an error: it means an op cut the graph
-/// (DESIGN.md "Silent gradient cut").
+/// (DESIGN.md "Silent gradient cut"). Gradients of CPU parameters are gathered on the host;
+/// those of parameters on another device stay there.
 pub fn accumulate_grads(
     params: &BTreeMap<String, Var>,
     grads: &candle_core::backprop::GradStore,
@@ -86,19 +153,40 @@ pub fn accumulate_grads(
         let g = grads
             .get(var.as_tensor())
             .ok_or_else(|| Error::NoGradient(name.clone()))?;
+        if !var.device().is_cpu() {
+            let g = g.to_dtype(DType::F32)?;
+            // `affine(s, 0)` is one f32 product per element, as on the host below.
+            let g = if scale == 1.0 {
+                g
+            } else {
+                g.affine(scale as f64, 0.0)?
+            };
+            let sum = match acc.remove(name) {
+                None => g,
+                Some(Grad::Tensor(a)) => (a + g)?,
+                Some(Grad::Host(a)) => (Tensor::from_vec(a, g.shape(), g.device())? + g)?,
+            };
+            acc.insert(name.clone(), Grad::Tensor(sum));
+            continue;
+        }
         let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         match acc.get_mut(name) {
-            Some(a) => a
+            Some(Grad::Host(a)) => a
                 .par_iter_mut()
                 .zip(g.par_iter())
                 .for_each(|(a, g)| *a += scale * g),
+            Some(Grad::Tensor(a)) => {
+                let mut sum = a.flatten_all()?.to_vec1::<f32>()?;
+                sum.iter_mut().zip(&g).for_each(|(a, g)| *a += scale * g);
+                acc.insert(name.clone(), Grad::Host(sum));
+            }
             None => {
                 let g = if scale == 1.0 {
                     g
                 } else {
                     g.into_iter().map(|x| x * scale).collect()
                 };
-                acc.insert(name.clone(), g);
+                acc.insert(name.clone(), Grad::Host(g));
             }
         }
     }
@@ -107,52 +195,108 @@ pub fn accumulate_grads(
 
 /// Global L2 norm of all gradients (f64 accumulation). Non-finite if any element is.
 ///
-/// Deterministic: fixed-size chunks are summed in parallel and the partial sums added in order,
-/// so the result (and hence clipping, and hence the weights) does not depend on thread timing.
-pub fn global_norm(grads: &FlatGrads) -> f64 {
-    grads
-        .values()
-        .map(|g| {
-            let partial: Vec<f64> = g
-                .par_chunks(1 << 14)
-                .map(|c| c.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>())
-                .collect();
-            partial.iter().sum::<f64>()
-        })
-        .sum::<f64>()
-        .sqrt()
+/// Deterministic on the host: fixed-size chunks are summed in parallel and the partial sums
+/// added in order, so the result (and hence clipping, and hence the weights) does not depend on
+/// thread timing. Device gradients are squared and summed in f64 on their device, and only the
+/// total comes back.
+pub fn global_norm(grads: &FlatGrads) -> Result<f64> {
+    let mut host = 0.0f64;
+    let mut device: Option<Tensor> = None;
+    #[cfg(feature = "cuda")]
+    let mut cuda_grads: Vec<&Tensor> = Vec::new();
+    for g in grads.values() {
+        match g {
+            Grad::Host(g) => {
+                let partial: Vec<f64> = g
+                    .par_chunks(1 << 14)
+                    .map(|c| c.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>())
+                    .collect();
+                host += partial.iter().sum::<f64>();
+            }
+            #[cfg(feature = "cuda")]
+            Grad::Tensor(t) if t.device().is_cuda() => cuda_grads.push(t),
+            Grad::Tensor(t) => {
+                let sq = t.to_dtype(DType::F64)?.sqr()?.sum_all()?;
+                device = Some(match device {
+                    None => sq,
+                    Some(d) => (sq.to_device(d.device())? + d)?,
+                });
+            }
+        }
+    }
+    if let Some(d) = device {
+        host += d.to_scalar::<f64>()?;
+    }
+    #[cfg(feature = "cuda")]
+    if !cuda_grads.is_empty() {
+        host += cuda::sum_squares(&cuda_grads)?;
+    }
+    Ok(host.sqrt())
 }
 
 /// Scales gradients so that their global norm is at most `max_norm` (PyTorch
 /// `clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, clamped to 1). Returns the norm
 /// before clipping.
-pub fn clip_grads(grads: &mut FlatGrads, max_norm: f64) -> f64 {
-    let norm = global_norm(grads);
+pub fn clip_grads(grads: &mut FlatGrads, max_norm: f64) -> Result<f64> {
+    let norm = global_norm(grads)?;
     if max_norm > 0.0 && norm.is_finite() {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
             let coef = coef as f32;
             for g in grads.values_mut() {
-                g.par_iter_mut().for_each(|x| *x *= coef);
+                match g {
+                    Grad::Host(g) => g.par_iter_mut().for_each(|x| *x *= coef),
+                    Grad::Tensor(t) => *t = t.affine(coef as f64, 0.0)?,
+                }
             }
         }
     }
-    norm
+    Ok(norm)
 }
 
-/// First and second moments of one parameter.
-#[derive(Debug, Clone, PartialEq)]
-struct Moments {
-    m: Vec<f32>,
-    v: Vec<f32>,
+/// First and second moments of one parameter, kept where its gradient is (see [`Grad`]).
+#[derive(Debug, Clone)]
+enum Moments {
+    Host { m: Vec<f32>, v: Vec<f32> },
+    Tensor { m: Tensor, v: Tensor },
 }
 
-/// One parameter's AdamW update, applied in place to the parameter's storage (a candle in-place
-/// op: no copy of the parameter out and back in).
-struct AdamWUpdate<'a> {
-    /// The moments, updated together with the parameter (`InplaceOp1` only lends `&self`).
-    moments: std::sync::Mutex<&'a mut Moments>,
-    g: &'a [f32],
+impl Moments {
+    fn host(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok(match self {
+            Moments::Host { m, v } => (m.clone(), v.clone()),
+            Moments::Tensor { m, v } => (
+                m.flatten_all()?.to_vec1::<f32>()?,
+                v.flatten_all()?.to_vec1::<f32>()?,
+            ),
+        })
+    }
+
+    /// The moments as tensors of `shape` on `device` (no copy when they already are).
+    fn into_tensors(self, shape: &candle_core::Shape, device: &Device) -> Result<(Tensor, Tensor)> {
+        Ok(match self {
+            Moments::Host { m, v } => (
+                Tensor::from_vec(m, shape, device)?,
+                Tensor::from_vec(v, shape, device)?,
+            ),
+            Moments::Tensor { m, v } => (m.to_device(device)?, v.to_device(device)?),
+        })
+    }
+}
+
+/// Moments compare by value, wherever they live (an unreadable tensor compares unequal).
+impl PartialEq for Moments {
+    fn eq(&self, other: &Self) -> bool {
+        match (self.host(), other.host()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// The scalars of one parameter's AdamW update at one step.
+#[derive(Debug, Clone, Copy)]
+struct UpdateScalars {
     decay: f32,
     step_size: f32,
     b1: f32,
@@ -161,13 +305,23 @@ struct AdamWUpdate<'a> {
     bc2_sqrt: f32,
 }
 
+/// One parameter's AdamW update, applied in place to the parameter's storage (a candle in-place
+/// op: no copy of the parameter out and back in).
+struct AdamWUpdate<'a> {
+    /// The moments `(m, v)`, updated together with the parameter (`InplaceOp1` only lends
+    /// `&self`).
+    moments: std::sync::Mutex<(&'a mut [f32], &'a mut [f32])>,
+    g: &'a [f32],
+    s: UpdateScalars,
+}
+
 impl AdamWUpdate<'_> {
     fn apply(&self, p: &mut [f32]) -> candle_core::Result<()> {
         let mut mo = self
             .moments
             .lock()
             .map_err(|_| candle_core::Error::Msg("adamw: moments lock poisoned".into()))?;
-        let Moments { m, v } = &mut **mo;
+        let (m, v) = &mut *mo;
         if p.len() != self.g.len() || m.len() != p.len() || v.len() != p.len() {
             candle_core::bail!(
                 "adamw: parameter of {} elements, gradient {}, moments {}",
@@ -176,15 +330,14 @@ impl AdamWUpdate<'_> {
                 m.len()
             )
         }
-        let Self {
+        let UpdateScalars {
             decay,
             step_size,
             b1,
             b2,
             eps,
             bc2_sqrt,
-            ..
-        } = *self;
+        } = self.s;
         p.par_chunks_mut(CHUNK)
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
@@ -204,6 +357,34 @@ impl AdamWUpdate<'_> {
 
 /// Elements per rayon task of the update.
 const CHUNK: usize = 1 << 14;
+
+/// The update of [`AdamWUpdate::apply`] as tensor operations on the parameter's device: the same
+/// f32 operations in the same order (`affine(c, 0)` is one product, `affine(1, e)` one sum, the
+/// constants are rounded to f32 first as there), so that on the CPU it agrees with the fused pass
+/// bit for bit. Returns the new `(p, m, v)`.
+fn adamw_tensors(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    s: UpdateScalars,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let p = if s.decay != 1.0 {
+        p.affine(s.decay as f64, 0.0)?
+    } else {
+        p.clone()
+    };
+    // m += (g − m)·(1 − β1)
+    let m = (m + (g - m)?.affine((1.0 - s.b1) as f64, 0.0)?)?;
+    // v = v·β2 + ((1 − β2)·g)·g
+    let v = (v.affine(s.b2 as f64, 0.0)? + (g.affine((1.0 - s.b2) as f64, 0.0)? * g)?)?;
+    // denom = √v / √(1 − β2ᵗ) + ε, a true division as on the host
+    let bc2 = Tensor::new(s.bc2_sqrt, v.device())?;
+    let denom = v.sqrt()?.broadcast_div(&bc2)?.affine(1.0, s.eps as f64)?;
+    // p −= step · (m / denom)
+    let p = (p - (&m / &denom)?.affine(s.step_size as f64, 0.0)?)?;
+    Ok((p, m, v))
+}
 
 impl candle_core::InplaceOp1 for AdamWUpdate<'_> {
     fn name(&self) -> &'static str {
@@ -228,12 +409,35 @@ impl candle_core::InplaceOp1 for AdamWUpdate<'_> {
     }
 }
 
+/// One parameter's update on its device: the fused CUDA kernels when `kernels` and the parameter
+/// is on a CUDA device, the composed tensor operations otherwise. Updates `var` and returns the
+/// new `(m, v)`.
+fn update_on_device(
+    var: &Var,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    s: UpdateScalars,
+    kernels: bool,
+) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if kernels && var.device().is_cuda() {
+        return Ok(cuda::adamw(var.as_tensor(), g, m, v, s)?);
+    }
+    let _ = kernels; // without CUDA there are no fused device kernels
+    let (p, m, v) = adamw_tensors(&var.as_tensor().detach(), g, m, v, s)?;
+    var.set(&p)?;
+    Ok((m, v))
+}
+
 /// AdamW state: the step count and per-parameter moments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdamW {
     cfg: OptimConfig,
     step: u64,
     moments: BTreeMap<String, Moments>,
+    /// Whether device parameters use our fused kernels where there are some (CUDA).
+    device_kernels: bool,
 }
 
 impl AdamW {
@@ -242,7 +446,15 @@ impl AdamW {
             cfg,
             step: 0,
             moments: BTreeMap::new(),
+            device_kernels: true,
         }
+    }
+
+    /// The same optimizer, updating device parameters with composed candle tensor operations
+    /// even where fused kernels exist (for tests and debugging: they compute the same thing).
+    pub fn with_composed_update(mut self) -> Self {
+        self.device_kernels = false;
+        self
     }
 
     pub fn config(&self) -> &OptimConfig {
@@ -284,19 +496,12 @@ impl AdamW {
         let step_size = (lr / bc1) as f32;
         let (b1f, b2f, epsf, bc2f) = (b1 as f32, b2 as f32, eps as f32, bc2_sqrt as f32);
         for (name, var) in params {
-            let g = &grads[name];
             let decay = if var.rank() >= 2 {
                 (1.0 - lr * self.cfg.weight_decay) as f32
             } else {
                 1.0
             };
-            let mo = self.moments.entry(name.clone()).or_insert_with(|| Moments {
-                m: vec![0.0; g.len()],
-                v: vec![0.0; g.len()],
-            });
-            let update = AdamWUpdate {
-                moments: std::sync::Mutex::new(mo),
-                g,
+            let s = UpdateScalars {
                 decay,
                 step_size,
                 b1: b1f,
@@ -304,14 +509,36 @@ impl AdamW {
                 eps: epsf,
                 bc2_sqrt: bc2f,
             };
-            if var.device().is_cpu() {
-                var.as_tensor().inplace_op1(&update)?;
-            } else {
-                let shape = var.shape().clone();
-                let mut p = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-                update.apply(&mut p)?;
-                var.set(&Tensor::from_vec(p, shape, var.device())?)?;
-            }
+            let n = var.elem_count();
+            let mo = self.moments.remove(name).unwrap_or_else(|| Moments::Host {
+                m: vec![0.0; n],
+                v: vec![0.0; n],
+            });
+            let mo = match &grads[name] {
+                // The fused in-place pass: CPU parameters with host gradients.
+                Grad::Host(g) if var.device().is_cpu() => {
+                    let (mut m, mut v) = match mo {
+                        Moments::Host { m, v } => (m, v),
+                        other => other.host()?,
+                    };
+                    let update = AdamWUpdate {
+                        moments: std::sync::Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
+                        g,
+                        s,
+                    };
+                    var.as_tensor().inplace_op1(&update)?;
+                    Moments::Host { m, v }
+                }
+                // On the parameter's device.
+                grad => {
+                    let (shape, device) = (var.shape(), var.device());
+                    let g = grad.tensor_on(shape, device)?;
+                    let (m, v) = mo.into_tensors(shape, device)?;
+                    let (m, v) = update_on_device(var, &g, &m, &v, s, self.device_kernels)?;
+                    Moments::Tensor { m, v }
+                }
+            };
+            self.moments.insert(name.clone(), mo);
         }
         Ok(())
     }
@@ -328,20 +555,24 @@ impl AdamW {
                 .ok_or_else(|| Error::State(format!("optimizer has moments for unknown {name}")))?
                 .shape()
                 .clone();
-            out.insert(
-                format!("m.{name}"),
-                Tensor::from_slice(&mo.m, shape.clone(), &Device::Cpu)?,
-            );
-            out.insert(
-                format!("v.{name}"),
-                Tensor::from_slice(&mo.v, shape, &Device::Cpu)?,
-            );
+            let (m, v) = match mo {
+                Moments::Host { m, v } => (
+                    Tensor::from_slice(m, shape.clone(), &Device::Cpu)?,
+                    Tensor::from_slice(v, shape, &Device::Cpu)?,
+                ),
+                Moments::Tensor { m, v } => {
+                    (m.to_device(&Device::Cpu)?, v.to_device(&Device::Cpu)?)
+                }
+            };
+            out.insert(format!("m.{name}"), m);
+            out.insert(format!("v.{name}"), v);
         }
         Ok((out, self.step))
     }
 
     /// Restores moments and the step count saved by [`AdamW::state_tensors`], checking that
-    /// every moment matches a parameter's size.
+    /// every moment matches a parameter's size. Moments of parameters on the CPU are kept on the
+    /// host, the others are moved to their parameter's device.
     pub fn load_state(
         &mut self,
         params: &BTreeMap<String, Var>,
@@ -366,7 +597,14 @@ impl AdamW {
                 };
                 let m = get(&format!("m.{name}"))?;
                 let v = get(&format!("v.{name}"))?;
-                moments.insert(name.clone(), Moments { m, v });
+                let mo = Moments::Host { m, v };
+                let mo = if var.device().is_cpu() {
+                    mo
+                } else {
+                    let (m, v) = mo.into_tensors(var.shape(), var.device())?;
+                    Moments::Tensor { m, v }
+                };
+                moments.insert(name.clone(), mo);
             }
         }
         if tensors.len() != 2 * moments.len() {
@@ -409,7 +647,7 @@ mod tests {
         // t=1: m = 0.1 g, v = 0.05 g²; m̂ = g, v̂ = g² ⇒ update = lr · g / (|g| + ε) ≈ lr · sign(g).
         let var = Var::from_slice(&[1.0f32, -2.0], 2, &Device::Cpu).unwrap();
         let params = BTreeMap::from([("b".to_string(), var.clone())]);
-        let grads = BTreeMap::from([("b".to_string(), vec![0.5f32, -0.1])]);
+        let grads = BTreeMap::from([("b".to_string(), Grad::from(vec![0.5f32, -0.1]))]);
         let mut opt = AdamW::new(OptimConfig::default());
         opt.step(&params, &grads, 0.1).unwrap();
         let p = var.as_tensor().to_vec1::<f32>().unwrap();
@@ -430,8 +668,8 @@ mod tests {
             ("v".to_string(), vec.clone()),
         ]);
         let grads = BTreeMap::from([
-            ("m".to_string(), vec![0.0f32; 4]),
-            ("v".to_string(), vec![0.0f32; 2]),
+            ("m".to_string(), Grad::from(vec![0.0f32; 4])),
+            ("v".to_string(), Grad::from(vec![0.0f32; 2])),
         ]);
         let mut opt = AdamW::new(OptimConfig {
             weight_decay: 0.5,
@@ -452,10 +690,10 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_max_norm() {
-        let mut g = BTreeMap::from([("a".to_string(), vec![3.0f32, 4.0])]);
-        let n = clip_grads(&mut g, 1.0);
+        let mut g = BTreeMap::from([("a".to_string(), Grad::from(vec![3.0f32, 4.0]))]);
+        let n = clip_grads(&mut g, 1.0).unwrap();
         assert!((n - 5.0).abs() < 1e-12);
-        let after = global_norm(&g);
+        let after = global_norm(&g).unwrap();
         assert!((after - 1.0).abs() < 1e-5, "{after}");
     }
 
@@ -463,14 +701,95 @@ mod tests {
     fn state_round_trips_and_size_mismatch_is_an_error() {
         let var = Var::from_slice(&[1.0f32, 2.0, 3.0], 3, &Device::Cpu).unwrap();
         let params = BTreeMap::from([("w".to_string(), var)]);
-        let grads = BTreeMap::from([("w".to_string(), vec![0.1f32, 0.2, 0.3])]);
+        let grads = BTreeMap::from([("w".to_string(), Grad::from(vec![0.1f32, 0.2, 0.3]))]);
         let mut opt = AdamW::new(OptimConfig::default());
         opt.step(&params, &grads, 0.01).unwrap();
         let (t, step) = opt.state_tensors(&params).unwrap();
         let mut back = AdamW::new(OptimConfig::default());
         back.load_state(&params, &t, step).unwrap();
         assert_eq!(back, opt);
-        let bad = BTreeMap::from([("w".to_string(), vec![0.1f32])]);
+        let bad = BTreeMap::from([("w".to_string(), Grad::from(vec![0.1f32]))]);
         assert!(opt.step(&params, &bad, 0.01).is_err());
+    }
+
+    /// Two copies of the same CPU parameters (a matrix, which decays, and a vector), one updated
+    /// by the fused in-place pass and one by the tensor-operation path that CUDA parameters take
+    /// (forced here by handing it tensor gradients): four clipped steps, then the weights, the
+    /// moments and the saved state must agree bit for bit.
+    #[test]
+    fn tensor_update_path_matches_the_fused_pass_bit_for_bit() {
+        let make = || {
+            let mat: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).sin()).collect();
+            let vec: Vec<f32> = (0..3).map(|i| 1.0 + i as f32 * 0.1).collect();
+            BTreeMap::from([
+                (
+                    "w".to_string(),
+                    Var::from_slice(&mat, (4, 3), &Device::Cpu).unwrap(),
+                ),
+                (
+                    "b".to_string(),
+                    Var::from_slice(&vec, 3, &Device::Cpu).unwrap(),
+                ),
+            ])
+        };
+        let (fused_vars, tensor_vars) = (make(), make());
+        let cfg = OptimConfig {
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        let (mut fused, mut tensor) = (AdamW::new(cfg.clone()), AdamW::new(cfg));
+        for step in 0..4 {
+            let mut host = FlatGrads::new();
+            let mut dev = FlatGrads::new();
+            for (name, var) in &fused_vars {
+                let g: Vec<f32> = (0..var.elem_count())
+                    .map(|i| ((i + 7 * step) as f32 * 1.3 + name.len() as f32).cos() * 3.0)
+                    .collect();
+                let t = Tensor::from_slice(&g, var.shape(), &Device::Cpu).unwrap();
+                dev.insert(name.clone(), Grad::Tensor(t));
+                host.insert(name.clone(), Grad::Host(g));
+            }
+            let n1 = clip_grads(&mut host, 1.0).unwrap();
+            let n2 = clip_grads(&mut dev, 1.0).unwrap();
+            assert!((n1 - n2).abs() <= 1e-12 * n1, "{n1} vs {n2}");
+            assert!(n1 > 1.0, "clipping must be exercised");
+            for (name, g) in &host {
+                assert_eq!(g.to_vec().unwrap(), dev[name].to_vec().unwrap(), "{name}");
+            }
+            fused.step(&fused_vars, &host, 1e-2).unwrap();
+            tensor.step(&tensor_vars, &dev, 1e-2).unwrap();
+        }
+        for (name, var) in &fused_vars {
+            let flat = |v: &Var| {
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            assert_eq!(flat(var), flat(&tensor_vars[name]), "{name}");
+        }
+        assert!(matches!(tensor.moments["w"], Moments::Tensor { .. }));
+        assert!(matches!(fused.moments["w"], Moments::Host { .. }));
+        assert_eq!(fused, tensor);
+        let (sf, _) = fused.state_tensors(&fused_vars).unwrap();
+        let (st, _) = tensor.state_tensors(&tensor_vars).unwrap();
+        for (k, t) in &sf {
+            assert!(st[k].device().is_cpu());
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(flat(t), flat(&st[k]), "{k}");
+        }
+    }
+
+    #[test]
+    fn the_norm_adds_host_and_tensor_gradients() {
+        let g = BTreeMap::from([
+            ("h".to_string(), Grad::from(vec![3.0f32])),
+            (
+                "t".to_string(),
+                Grad::Tensor(Tensor::new(&[4.0f32], &Device::Cpu).unwrap()),
+            ),
+        ]);
+        assert_eq!(global_norm(&g).unwrap(), 5.0);
     }
 }

@@ -167,10 +167,14 @@ pub struct PretrainSummary {
     pub skipped_steps: u64,
 }
 
-/// Runs (or, with `resume`, continues) pretraining and returns the final numbers.
+/// Runs (or, with `resume`, continues) pretraining on `device` and returns the final numbers.
+/// Data is prepared and batched on the host; the weights, the optimizer moments and every
+/// batch's activations live on `device`. The device is not part of the run's identity: a run can
+/// resume on another one.
 pub fn run(
     cfg: &PretrainConfig,
     paths: &PretrainPaths,
+    device: &Device,
     resume: bool,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<PretrainSummary> {
@@ -178,7 +182,6 @@ pub fn run(
     let tokenizer = Tokenizer::load(&paths.tokenizer)?;
     let model_cfg = cfg.model_config(tokenizer.vocab_size())?;
     let t = model_cfg.context_length;
-    let device = Device::Cpu;
 
     let spec = CorpusSpec {
         train: paths.train.clone(),
@@ -202,7 +205,7 @@ pub fn run(
     };
     let (params, mut state) = match &checkpoint {
         Some(ck) => {
-            let loaded = artifact::load_model(&ck.dir)?;
+            let loaded = artifact::load_model(&ck.dir, device)?;
             check_resume_config(cfg, &loaded.meta)?;
             if loaded.config != model_cfg || loaded.tokenizer.hash() != tokenizer.hash() {
                 return Err(Error::Config(format!(
@@ -214,7 +217,7 @@ pub fn run(
             (loaded.params, artifact::trainer_state::<LoopState>(ck)?)
         }
         None => (
-            Params::init(&model_cfg, cfg.seed, &device)?,
+            Params::init(&model_cfg, cfg.seed, device)?,
             LoopState {
                 step: 0,
                 cursor: Cursor::default(),
@@ -260,7 +263,12 @@ pub fn run(
     let save = |state: &LoopState, opt: &AdamW| writer.save(state.step, state, opt);
 
     if state.step == 0 && state.val_loss_first.is_none() {
-        let (loss, bpb) = evaluate(&frozen(&params, &model_cfg)?, &val_rows, &token_bytes)?;
+        let (loss, bpb) = evaluate(
+            &frozen(&params, &model_cfg)?,
+            device,
+            &val_rows,
+            &token_bytes,
+        )?;
         state.val_loss_first = Some(loss);
         on_event(&TrainEvent::Eval {
             step: 0,
@@ -279,8 +287,8 @@ pub fn run(
         let mut loss_sum = 0.0f64;
         for _ in 0..cfg.grad_accum {
             let batch = loader.next_batch(cfg.batch_size)?;
-            let x = Tensor::from_vec(batch.inputs, (batch.rows, t), &device)?;
-            let y = Tensor::from_vec(batch.targets, (batch.rows, t), &device)?;
+            let x = Tensor::from_vec(batch.inputs, (batch.rows, t), device)?;
+            let y = Tensor::from_vec(batch.targets, (batch.rows, t), device)?;
             let loss = model.loss(&x, &y)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             let g = loss.backward()?;
@@ -316,8 +324,12 @@ pub fn run(
 
         let last = state.step == cfg.steps;
         if state.step % cfg.eval_every == 0 || last {
-            let (val_loss, val_bpb) =
-                evaluate(&frozen(&params, &model_cfg)?, &val_rows, &token_bytes)?;
+            let (val_loss, val_bpb) = evaluate(
+                &frozen(&params, &model_cfg)?,
+                device,
+                &val_rows,
+                &token_bytes,
+            )?;
             metrics.append_eval(state.step, val_loss, val_bpb)?;
             last_eval = Some((val_loss, val_bpb));
             on_event(&TrainEvent::Eval {
@@ -327,7 +339,13 @@ pub fn run(
             });
         }
         if cfg.sample_every > 0 && (state.step % cfg.sample_every == 0 || last) {
-            let text = sample(&frozen(&params, &model_cfg)?, &tokenizer, cfg, state.step)?;
+            let text = sample(
+                &frozen(&params, &model_cfg)?,
+                device,
+                &tokenizer,
+                cfg,
+                state.step,
+            )?;
             on_event(&TrainEvent::Sample {
                 step: state.step,
                 prompt: cfg.sample_prompt.clone(),
@@ -345,7 +363,12 @@ pub fn run(
     }
     let (val_loss_last, val_bpb_last) = match last_eval {
         Some(e) => e,
-        None => evaluate(&frozen(&params, &model_cfg)?, &val_rows, &token_bytes)?,
+        None => evaluate(
+            &frozen(&params, &model_cfg)?,
+            device,
+            &val_rows,
+            &token_bytes,
+        )?,
     };
     let checkpoint = match last_ckpt {
         Some(p) => p,
@@ -421,23 +444,23 @@ pub fn token_byte_lengths(tok: &Tokenizer) -> Vec<u32> {
 }
 
 /// Mean next-token loss (nats) over the non-special targets of `rows`, and bits per byte:
-/// `Σ nats / (ln 2 · Σ bytes)` over the same targets.
+/// `Σ nats / (ln 2 · Σ bytes)` over the same targets. `device` is where `model`'s weights are.
 pub fn evaluate(
     model: &Gpt,
+    device: &Device,
     rows: &[crate::batch::Batch],
     token_bytes: &[u32],
 ) -> Result<(f64, f64)> {
-    let device = Device::Cpu;
     let (mut nats, mut count, mut bytes) = (0.0f64, 0usize, 0u64);
     for chunk in rows.chunks(8) {
         let t = chunk[0].seq_len;
         let b = chunk.len();
         let inputs: Vec<u32> = chunk.iter().flat_map(|r| r.inputs.clone()).collect();
         let targets: Vec<u32> = chunk.iter().flat_map(|r| r.targets.clone()).collect();
-        let x = Tensor::from_vec(inputs, (b, t), &device)?;
+        let x = Tensor::from_vec(inputs, (b, t), device)?;
         let logits = model.forward(&x, None)?.reshape((b * t, ()))?; // (B*T, V)
         let logp = chatforge_model::ops::log_softmax_last_dim(&logits)?;
-        let y = Tensor::new(targets.as_slice(), &device)?.unsqueeze(1)?;
+        let y = Tensor::new(targets.as_slice(), device)?.unsqueeze(1)?;
         let picked = logp.gather(&y, 1)?.flatten_all()?.to_vec1::<f32>()?;
         for (lp, id) in picked.iter().zip(&targets) {
             let nb = token_bytes.get(*id as usize).copied().unwrap_or(0);
@@ -458,7 +481,13 @@ pub fn evaluate(
     ))
 }
 
-fn sample(model: &Gpt, tok: &Tokenizer, cfg: &PretrainConfig, step: u64) -> Result<String> {
+fn sample(
+    model: &Gpt,
+    device: &Device,
+    tok: &Tokenizer,
+    cfg: &PretrainConfig,
+    step: u64,
+) -> Result<String> {
     // A sample starts where a document would: after an end-of-text token.
     let mut prompt = vec![tok.special(Special::Eot)];
     prompt.extend(tok.encode(&cfg.sample_prompt));
@@ -470,7 +499,7 @@ fn sample(model: &Gpt, tok: &Tokenizer, cfg: &PretrainConfig, step: u64) -> Resu
         stop_tokens: vec![tok.special(Special::Eot)],
         ..Default::default()
     };
-    let out = generate(model, &prompt, &params, |_| true)?;
+    let out = generate(model, device, &prompt, &params, |_| true)?;
     let ids: Vec<u32> = out
         .tokens
         .into_iter()

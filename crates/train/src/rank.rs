@@ -19,6 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::Device;
 use chatforge_data::corpus::ReadOptions;
 use chatforge_data::prompts::read_prompts;
 use chatforge_data::ranking::{RankGroup, RankingRecord, RankingWriter};
@@ -83,12 +84,13 @@ pub struct RankSummary {
     pub out: PathBuf,
 }
 
-/// Collects rankings of `cfg.k` samples of the model at `model` for the prompts in `prompts`
-/// into `out`, resuming when `out` already holds records. `on_progress(done, total)` is called
-/// after every prompt.
+/// Collects rankings of `cfg.k` samples of the model at `model` (loaded onto `device`) for the
+/// prompts in `prompts` into `out`, resuming when `out` already holds records.
+/// `on_progress(done, total)` is called after every prompt.
 pub fn collect(
     cfg: &RankConfig,
     model: &Path,
+    device: &Device,
     prompts: &[PathBuf],
     out: &Path,
     on_progress: &mut dyn FnMut(usize, usize),
@@ -102,7 +104,7 @@ pub fn collect(
             cfg.noise
         )));
     }
-    let loaded = load_model(model)?;
+    let loaded = load_model(model, device)?;
     let template = template_of(&loaded.meta)?;
     let tok = &loaded.tokenizer;
     let end = assistant_end(tok, template)?;
@@ -149,7 +151,7 @@ pub fn collect(
             stop_tokens: vec![end],
             ..SamplingParams::default()
         };
-        let samples = generate_n(&loaded.model, &ids, cfg.k, &params)?;
+        let samples = generate_n(&loaded.model, device, &ids, cfg.k, &params)?;
         let mut texts = Vec::with_capacity(cfg.k);
         let mut ended = Vec::with_capacity(cfg.k);
         for s in &samples {

@@ -39,7 +39,7 @@ use crate::batch::{Cursor, EpochOrder};
 use crate::events::{StepMetrics, TrainEvent};
 use crate::guard::{guarded_step, Guard};
 use crate::metrics::MetricsLog;
-use crate::optim::{accumulate_grads, lr_at, AdamW, FlatGrads, OptimConfig};
+use crate::optim::{accumulate_grads, lr_at, vars_device, AdamW, FlatGrads, OptimConfig};
 use crate::tasks_eval::{read_tasks, task_accuracy, TaskAccuracy};
 use crate::{Error, Result};
 
@@ -136,11 +136,11 @@ pub fn example(
 }
 
 /// Stacks examples into `(B, T)` input and target tensors, padding on the right with `pad`
-/// (inputs) and `IGNORE_INDEX` (targets).
+/// (inputs) and `IGNORE_INDEX` (targets), on `device`.
 ///
 /// # Shapes
 /// - returns `((B, T), (B, T))` with `T` the longest example.
-pub fn pad_batch(examples: &[&Example], pad: u32) -> Result<(Tensor, Tensor)> {
+pub fn pad_batch(examples: &[&Example], pad: u32, device: &Device) -> Result<(Tensor, Tensor)> {
     let t = examples.iter().map(|e| e.inputs.len()).max().unwrap_or(0);
     let b = examples.len();
     let mut x = vec![pad; b * t];
@@ -149,10 +149,9 @@ pub fn pad_batch(examples: &[&Example], pad: u32) -> Result<(Tensor, Tensor)> {
         x[r * t..r * t + e.inputs.len()].copy_from_slice(&e.inputs);
         y[r * t..r * t + e.targets.len()].copy_from_slice(&e.targets);
     }
-    let dev = Device::Cpu;
     Ok((
-        Tensor::from_vec(x, (b, t), &dev)?,
-        Tensor::from_vec(y, (b, t), &dev)?,
+        Tensor::from_vec(x, (b, t), device)?,
+        Tensor::from_vec(y, (b, t), device)?,
     ))
 }
 
@@ -195,10 +194,11 @@ fn render_all(
     Ok((out, dropped))
 }
 
-/// Runs (or resumes) SFT from a pretrained checkpoint.
+/// Runs (or resumes) SFT from a pretrained checkpoint, on `device` (see [`crate::pretrain::run`]).
 pub fn run(
     cfg: &SftConfig,
     paths: &SftPaths,
+    device: &Device,
     resume: bool,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<SftSummary> {
@@ -218,10 +218,13 @@ pub fn run(
         None
     };
     // The weights to start from: the base model, or this run's newest checkpoint.
-    let start = load_model(match &checkpoint {
-        Some(ck) => &ck.dir,
-        None => &paths.base,
-    })?;
+    let start = load_model(
+        match &checkpoint {
+            Some(ck) => &ck.dir,
+            None => &paths.base,
+        },
+        device,
+    )?;
     let tok = start.tokenizer;
     let model_cfg: GptConfig = start.config;
     let ctx = model_cfg.context_length;
@@ -315,12 +318,13 @@ pub fn run(
 
     let evaluate = || -> Result<(f64, Option<TaskAccuracy>)> {
         let frozen = Gpt::new(&model_cfg, params.frozen_var_builder(DType::F32))?;
-        let loss = val_loss(&frozen, &val, pad)?;
+        let loss = val_loss(&frozen, device, &val, pad)?;
         let acc = if tasks.is_empty() {
             None
         } else {
             Some(task_accuracy(
                 &frozen,
+                device,
                 &tok,
                 cfg.template,
                 &tasks,
@@ -450,8 +454,8 @@ pub fn run(
 /// number of assistant tokens in the whole step: each micro-batch's mean loss is weighted by
 /// its share of those tokens before its backward. So the step's gradient is the gradient of
 /// the mean over all the step's assistant tokens, whatever the split into micro-batches
-/// (8 × 1 ≡ 1 × 8), unlike averaging per-micro-batch means. Returns (loss, gradients, input
-/// tokens).
+/// (8 × 1 ≡ 1 × 8), unlike averaging per-micro-batch means. Batches go to the device of `vars`.
+/// Returns (loss, gradients, input tokens).
 pub fn step_grads(
     model: &Gpt,
     vars: &std::collections::BTreeMap<String, candle_core::Var>,
@@ -464,6 +468,7 @@ pub fn step_grads(
             .sum()
     };
     let total: usize = micro.iter().map(kept).sum();
+    let device = vars_device(vars);
     let mut grads = FlatGrads::new();
     let (mut loss_sum, mut tokens) = (0.0f64, 0u64);
     for batch in micro {
@@ -472,7 +477,7 @@ pub fn step_grads(
         if n == 0 {
             continue;
         }
-        let (x, y) = pad_batch(batch, pad)?;
+        let (x, y) = pad_batch(batch, pad, &device)?;
         let share = n as f64 / total as f64;
         let loss = (model.loss(&x, &y)? * share)?;
         loss_sum += loss.to_scalar::<f32>()? as f64;
@@ -487,8 +492,9 @@ pub fn step_grads(
     Ok((loss_sum, grads, tokens))
 }
 
-/// Mean loss over the assistant tokens of `examples` (token-weighted across batches).
-pub fn val_loss(model: &Gpt, examples: &[Example], pad: u32) -> Result<f64> {
+/// Mean loss over the assistant tokens of `examples` (token-weighted across batches), for
+/// `model` with its weights on `device`.
+pub fn val_loss(model: &Gpt, device: &Device, examples: &[Example], pad: u32) -> Result<f64> {
     let (mut nats, mut count) = (0.0f64, 0usize);
     for chunk in examples.chunks(16) {
         let refs: Vec<&Example> = chunk.iter().collect();
@@ -499,7 +505,7 @@ pub fn val_loss(model: &Gpt, examples: &[Example], pad: u32) -> Result<f64> {
         if n == 0 {
             continue;
         }
-        let (x, y) = pad_batch(&refs, pad)?;
+        let (x, y) = pad_batch(&refs, pad, device)?;
         nats += model.loss(&x, &y)?.to_scalar::<f32>()? as f64 * n as f64;
         count += n;
     }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use candle_core::Device;
 pub use chatforge_data::world::read_tasks;
 use chatforge_data::world::{grade, Task};
 use chatforge_engine::{generate, SamplingParams};
@@ -47,9 +48,11 @@ pub fn task_prompt(tok: &Tokenizer, task: &Task, template: ChatTemplate) -> Resu
     Ok(render_prompt(tok, &msgs[..upto], template)?)
 }
 
-/// Greedy reply of `model` to a rendered prompt, decoded without the end token.
+/// Greedy reply of `model` (weights on `device`) to a rendered prompt, decoded without the end
+/// token.
 pub fn reply(
     model: &Gpt,
+    device: &Device,
     tok: &Tokenizer,
     prompt: &[u32],
     template: ChatTemplate,
@@ -62,14 +65,15 @@ pub fn reply(
         stop_tokens: vec![end],
         ..SamplingParams::default()
     };
-    let g = generate(model, prompt, &params, |_| true)?;
+    let g = generate(model, device, prompt, &params, |_| true)?;
     let ids: Vec<u32> = g.tokens.into_iter().filter(|&id| id != end).collect();
     Ok(String::from_utf8_lossy(&tok.decode_bytes(&ids)?).into_owned())
 }
 
-/// Grades greedy replies to `tasks`.
+/// Grades greedy replies of `model` (weights on `device`) to `tasks`.
 pub fn task_accuracy(
     model: &Gpt,
+    device: &Device,
     tok: &Tokenizer,
     template: ChatTemplate,
     tasks: &[Task],
@@ -83,7 +87,7 @@ pub fn task_accuracy(
         let ok = if prompt.len() + 1 >= ctx {
             false
         } else {
-            let text = reply(model, tok, &prompt, template, max_new_tokens)?;
+            let text = reply(model, device, tok, &prompt, template, max_new_tokens)?;
             grade(task, &text)
         };
         let kind = serde_json::to_value(task.kind)

@@ -63,7 +63,7 @@ fn paths(f: &Fixture, out: &str, pretrain: bool) -> PpoPaths {
 fn run_collect(cfg: &PpoConfig, p: &PpoPaths, resume: bool) -> (Vec<PpoStats>, Vec<String>) {
     let mut stats = Vec::new();
     let mut warnings = Vec::new();
-    run(cfg, p, resume, &mut |e| match e {
+    run(cfg, p, &Device::Cpu, resume, &mut |e| match e {
         TrainEvent::Ppo(s) => stats.push(s.clone()),
         TrainEvent::Warning { message, .. } => warnings.push(message.clone()),
         _ => {}
@@ -267,7 +267,14 @@ fn a_kl_past_the_limit_stops_the_run_with_a_diagnostic() {
         policy_lr: 3e-2,
         ..config(4)
     };
-    let err = run(&cfg, &paths(&f, "diverge", false), false, &mut |_| {}).unwrap_err();
+    let err = run(
+        &cfg,
+        &paths(&f, "diverge", false),
+        &Device::Cpu,
+        false,
+        &mut |_| {},
+    )
+    .unwrap_err();
     match err {
         Error::Diverged { reason, .. } => assert!(reason.contains("kl_stop"), "{reason}"),
         e => panic!("expected a divergence stop, got {e}"),
@@ -324,12 +331,26 @@ fn bad_settings_are_clean_errors() {
         ptx_coef: 1.0,
         ..config(1)
     };
-    let err = run(&cfg, &paths(&f, "x", false), false, &mut |_| {}).unwrap_err();
+    let err = run(
+        &cfg,
+        &paths(&f, "x", false),
+        &Device::Cpu,
+        false,
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("pretraining data"), "{err}");
     let cfg = PpoConfig {
         minibatch_size: 0,
         ..config(1)
     };
-    let err = run(&cfg, &paths(&f, "x", false), false, &mut |_| {}).unwrap_err();
+    let err = run(
+        &cfg,
+        &paths(&f, "x", false),
+        &Device::Cpu,
+        false,
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("minibatch_size"), "{err}");
 }

@@ -5,6 +5,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
+use candle_core::Device;
 use chatforge_data::world::{write_world, World, WorldConfig};
 use chatforge_tokenizer::{Tokenizer, TrainConfig};
 use chatforge_train::pretrain::{run, PretrainConfig, PretrainPaths, PretrainSummary};
@@ -55,7 +56,7 @@ fn run_collect(
     resume: bool,
 ) -> (Result<PretrainSummary, Error>, Vec<(u64, u64)>) {
     let mut losses = Vec::new();
-    let r = run(cfg, paths, resume, &mut |e| {
+    let r = run(cfg, paths, &Device::Cpu, resume, &mut |e| {
         if let TrainEvent::Step(m) = e {
             losses.push((m.step, m.loss.to_bits()));
         }
@@ -102,7 +103,7 @@ fn interrupted_run_resumes_bit_exactly() {
     };
     let mut first = Vec::new();
     let died = catch_unwind(AssertUnwindSafe(|| {
-        run(&cfg, &crashed, false, &mut |e| {
+        run(&cfg, &crashed, &Device::Cpu, false, &mut |e| {
             if let TrainEvent::Step(m) = e {
                 first.push((m.step, m.loss.to_bits()));
                 if m.step == 5 {

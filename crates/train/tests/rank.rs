@@ -4,6 +4,7 @@
 
 mod common;
 
+use candle_core::Device;
 use chatforge_data::corpus::ReadOptions;
 use chatforge_data::prompts::{read_prompts, write_prompts, PromptRecord};
 use chatforge_data::ranking::read_rankings;
@@ -28,6 +29,7 @@ fn an_interrupted_collection_resumes_into_the_same_file() {
     let s = collect(
         &config(5),
         &f.sft,
+        &Device::Cpu,
         std::slice::from_ref(&f.prompts),
         &straight,
         &mut |_, _| calls += 1,
@@ -41,6 +43,7 @@ fn an_interrupted_collection_resumes_into_the_same_file() {
     collect(
         &config(2),
         &f.sft,
+        &Device::Cpu,
         std::slice::from_ref(&f.prompts),
         &split,
         &mut |_, _| {},
@@ -49,6 +52,7 @@ fn an_interrupted_collection_resumes_into_the_same_file() {
     let s2 = collect(
         &config(5),
         &f.sft,
+        &Device::Cpu,
         std::slice::from_ref(&f.prompts),
         &split,
         &mut |_, _| {},
@@ -79,6 +83,7 @@ fn a_file_from_other_prompts_or_a_prompt_without_a_task_is_a_clean_error() {
     collect(
         &config(2),
         &f.sft,
+        &Device::Cpu,
         std::slice::from_ref(&f.prompts),
         &out,
         &mut |_, _| {},
@@ -90,7 +95,15 @@ fn a_file_from_other_prompts_or_a_prompt_without_a_task_is_a_clean_error() {
     prompts.reverse();
     let other = f.root.join("other.jsonl");
     write_prompts(&other, &prompts).unwrap();
-    let err = collect(&config(3), &f.sft, &[other], &out, &mut |_, _| {}).unwrap_err();
+    let err = collect(
+        &config(3),
+        &f.sft,
+        &Device::Cpu,
+        &[other],
+        &out,
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("other prompts"), "{err}");
     // No task: the judge cannot rank it.
     let bare = f.root.join("bare.jsonl");
@@ -105,6 +118,7 @@ fn a_file_from_other_prompts_or_a_prompt_without_a_task_is_a_clean_error() {
     let err = collect(
         &config(1),
         &f.sft,
+        &Device::Cpu,
         &[bare],
         &f.root.join("b.jsonl"),
         &mut |_, _| {},

@@ -136,7 +136,9 @@ fn sft_checkpoint(dir: &Path, tok: &Tokenizer, tied: bool) -> PathBuf {
 fn fresh_scalar(tok: &Tokenizer, tied: bool) -> (GptConfig, Params) {
     let cfg = model_config(tok, tied);
     let mut params = Params::init(&cfg, 5, &Device::Cpu).unwrap();
-    params.extend(init_score_head(&cfg, 7).unwrap()).unwrap();
+    params
+        .extend(init_score_head(&cfg, 7, &Device::Cpu).unwrap())
+        .unwrap();
     (cfg, params)
 }
 
@@ -260,6 +262,7 @@ fn every_trained_parameter_gets_a_gradient_and_changes() {
         ranking_step_grads(&model, &vars, &batch, 64, tok.special(Special::Eot)).unwrap();
     assert!(loss.is_finite() && loss > 0.0);
     for (name, g) in &grads {
+        let g = g.to_vec().unwrap();
         assert!(
             g.iter().all(|x| x.is_finite()),
             "{name}: non-finite gradient"
@@ -325,7 +328,7 @@ fn score_is_the_head_at_the_readout_token_and_padding_changes_nothing() {
     }
     // A different pad token changes nothing either.
     let refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
-    let (x, l) = chatforge_train::reward::pad_rows(&refs, 7).unwrap();
+    let (x, l) = chatforge_train::reward::pad_rows(&refs, 7, &Device::Cpu).unwrap();
     let other = flat(&model.readout(&x, &l).unwrap());
     for (a, b) in other.iter().zip(&batched) {
         assert!((a - b).abs() <= 1e-5);
@@ -373,7 +376,7 @@ fn run_collect(
     resume: bool,
 ) -> (RewardSummary, Vec<(u64, u64)>) {
     let mut steps = Vec::new();
-    let s = run(cfg, paths, resume, &mut |e| {
+    let s = run(cfg, paths, &Device::Cpu, resume, &mut |e| {
         if let TrainEvent::Step(m) = e {
             steps.push((m.step, m.loss.to_bits()));
         }
@@ -413,7 +416,7 @@ fn learns_a_marker_preference_kwise_and_pairwise() {
     assert_eq!(s.curve.last().map(|p| p.0), Some(60));
 
     // The shift makes the training responses score mean 0 with the saved model.
-    let rm = RewardModel::load(&s.checkpoint).unwrap();
+    let rm = RewardModel::load(&s.checkpoint, &Device::Cpu).unwrap();
     assert_eq!(rm.template(), ChatTemplate::Native);
     let recs = chatforge_data::ranking::read_rankings(&paths.data, &Default::default())
         .unwrap()
@@ -433,7 +436,7 @@ fn learns_a_marker_preference_kwise_and_pairwise() {
         "train mean {}",
         sum / n as f64
     );
-    let loaded = load_scalar(&s.checkpoint).unwrap();
+    let loaded = load_scalar(&s.checkpoint, &Device::Cpu).unwrap();
     assert_eq!(loaded.meta.stage, "reward");
 
     // The TRL-style baseline on the same comparisons, as independent shuffled pairs: the same
@@ -483,7 +486,7 @@ fn resumes_bit_exactly_after_a_crash_and_after_the_end() {
         ..paths.clone()
     };
     let died = catch_unwind(AssertUnwindSafe(|| {
-        run(&cfg, &crashed, false, &mut |e| {
+        run(&cfg, &crashed, &Device::Cpu, false, &mut |e| {
             if let TrainEvent::Step(m) = e {
                 if m.step == 7 {
                     panic!("simulated crash");
@@ -518,7 +521,7 @@ fn resumes_bit_exactly_after_a_crash_and_after_the_end() {
     // Changed settings cannot silently resume.
     let mut changed = cfg.clone();
     changed.optim.lr = 1e-2;
-    assert!(run(&changed, &crashed, true, &mut |_| {}).is_err());
+    assert!(run(&changed, &crashed, &Device::Cpu, true, &mut |_| {}).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -538,7 +541,7 @@ fn a_bad_ranking_file_is_a_clean_error_naming_the_line() {
         data: vec![file.clone()],
         ..paths.clone()
     };
-    let err = run(&config(2), &bad_paths, false, &mut |_| {})
+    let err = run(&config(2), &bad_paths, &Device::Cpu, false, &mut |_| {})
         .expect_err("a bad record must fail the run")
         .to_string();
     assert!(err.contains(&format!("{}:3", file.display())), "{err}");
@@ -547,14 +550,14 @@ fn a_bad_ranking_file_is_a_clean_error_naming_the_line() {
         skip_bad_records: true,
         ..config(2)
     };
-    let s = run(&skip, &bad_paths, false, &mut |_| {}).unwrap();
+    let s = run(&skip, &bad_paths, &Device::Cpu, false, &mut |_| {}).unwrap();
     assert_eq!(s.skipped_bad, 1);
     // A missing file is an error too, not an empty data set.
     let none = RewardPaths {
         data: vec![tmp.path().join("missing.jsonl")],
         ..paths
     };
-    assert!(run(&config(2), &none, false, &mut |_| {}).is_err());
+    assert!(run(&config(2), &none, &Device::Cpu, false, &mut |_| {}).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -573,7 +576,17 @@ fn best_of_n_returns_every_sample_scored_best_first() {
         max_tokens: 12,
         ..SamplingParams::default()
     };
-    let out = best_of_n(&policy, &tok, ChatTemplate::Native, &rm, &prompt, 6, &sp).unwrap();
+    let out = best_of_n(
+        &policy,
+        &Device::Cpu,
+        &tok,
+        ChatTemplate::Native,
+        &rm,
+        &prompt,
+        6,
+        &sp,
+    )
+    .unwrap();
     assert_eq!(out.len(), 6);
     assert!(out.windows(2).all(|w| w[0].1 >= w[1].1));
     // Each score is the reward model's score of that reply.
@@ -584,5 +597,15 @@ fn best_of_n_returns_every_sample_scored_best_first() {
         assert!((again - score).abs() <= 1e-5, "{again} vs {score}");
     }
     // n = 0 is an error, not an empty answer.
-    assert!(best_of_n(&policy, &tok, ChatTemplate::Native, &rm, &prompt, 0, &sp).is_err());
+    assert!(best_of_n(
+        &policy,
+        &Device::Cpu,
+        &tok,
+        ChatTemplate::Native,
+        &rm,
+        &prompt,
+        0,
+        &sp
+    )
+    .is_err());
 }

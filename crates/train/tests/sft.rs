@@ -2,7 +2,6 @@
 //! resumes bit-exactly (family 6), and training on demonstrations lowers the held-out
 //! assistant loss.
 
-use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -12,7 +11,7 @@ use chatforge_model::{Gpt, GptConfig, Params};
 use chatforge_tokenizer::chat::ChatTemplate;
 use chatforge_tokenizer::{Special, Tokenizer, TrainConfig};
 use chatforge_train::artifact::{self, var_map, Meta, SaveRequest};
-use chatforge_train::optim::{AdamW, OptimConfig};
+use chatforge_train::optim::{AdamW, FlatGrads, OptimConfig};
 use chatforge_train::sft::{example, run, step_grads, Example, SftConfig, SftPaths};
 use chatforge_train::TrainEvent;
 
@@ -82,10 +81,16 @@ fn base_checkpoint(dir: &Path, tok: &Tokenizer) -> PathBuf {
     .unwrap()
 }
 
-fn max_grad_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f32 {
+fn max_grad_diff(a: &FlatGrads, b: &FlatGrads) -> f32 {
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     a.iter()
-        .flat_map(|(k, va)| va.iter().zip(&b[k]).map(|(x, y)| (x - y).abs()))
+        .flat_map(|(k, va)| {
+            let (va, vb) = (va.to_vec().unwrap(), b[k].to_vec().unwrap());
+            va.into_iter()
+                .zip(vb)
+                .map(|(x, y)| (x - y).abs())
+                .collect::<Vec<_>>()
+        })
         .fold(0.0, f32::max)
 }
 
@@ -153,7 +158,7 @@ fn config(steps: u64) -> SftConfig {
 
 fn losses(cfg: &SftConfig, paths: &SftPaths, resume: bool) -> (f64, f64, Vec<(u64, u64)>) {
     let mut out = Vec::new();
-    let s = run(cfg, paths, resume, &mut |e| {
+    let s = run(cfg, paths, &Device::Cpu, resume, &mut |e| {
         if let TrainEvent::Step(m) = e {
             out.push((m.step, m.loss.to_bits()));
         }
@@ -190,7 +195,7 @@ fn sft_learns_and_resumes_bit_exactly() {
         ..paths.clone()
     };
     let died = catch_unwind(AssertUnwindSafe(|| {
-        run(&cfg, &crashed, false, &mut |e| {
+        run(&cfg, &crashed, &Device::Cpu, false, &mut |e| {
             if let TrainEvent::Step(m) = e {
                 if m.step == 5 {
                     panic!("simulated crash");
@@ -209,5 +214,5 @@ fn sft_learns_and_resumes_bit_exactly() {
     // A changed learning rate cannot silently resume.
     let mut changed = cfg.clone();
     changed.optim.lr = 1e-2;
-    assert!(run(&changed, &crashed, true, &mut |_| {}).is_err());
+    assert!(run(&changed, &crashed, &Device::Cpu, true, &mut |_| {}).is_err());
 }

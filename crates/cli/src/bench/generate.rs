@@ -14,6 +14,9 @@
 //!   concatenating cache, `argmax`), timed from the same point.
 //! - Each repetition runs every measurement for us and then for PyTorch, so noise hits both;
 //!   warm-up repetitions are not timed; medians are reported.
+//! - `--device cuda` runs both sides on the GPU (weights, prompts and KV cache there; every
+//!   step's last logits come back to the host for the sampler, as in `chatforge sample`); the
+//!   peer synchronizes the device before it reads its timers.
 //! - As a check that both sides run the same model, the greedy next token after each prefill and
 //!   row 0's decoded tokens are compared and the agreement printed (a near-tie in the logits can
 //!   flip a token between two correct implementations, so this is reported, not enforced).
@@ -69,6 +72,8 @@ pub struct GenerateBenchArgs {
     /// Measure chatforge alone.
     #[arg(long)]
     no_peer: bool,
+    #[command(flatten)]
+    device: crate::device::DeviceOpt,
 }
 
 /// One line of the table.
@@ -98,11 +103,12 @@ struct Samples {
     their_tokens: Vec<u32>,
 }
 
-/// Our prefill of `prompts` (all of length P) into a fresh cache: `(seconds, greedy next ids)`.
-fn our_prefill(model: &Gpt, prompts: &[Vec<u32>]) -> Result<(f64, Vec<u32>)> {
+/// Our prefill of `prompts` (all of length P) into a fresh cache on `device`: `(seconds, greedy
+/// next ids)`.
+fn our_prefill(model: &Gpt, device: &Device, prompts: &[Vec<u32>]) -> Result<(f64, Vec<u32>)> {
     let (b, p) = (prompts.len(), prompts[0].len());
     let start = Instant::now();
-    let ids = Tensor::from_vec(prompts.concat(), (b, p), &Device::Cpu)?; // (B, P)
+    let ids = Tensor::from_vec(prompts.concat(), (b, p), device)?; // (B, P)
     let mut cache = KvCache::new(model.config().n_layer);
     let logits = model.forward(&ids, Some(&mut cache))?; // (B, P, V)
     let last = logits
@@ -125,7 +131,13 @@ fn argmax(row: &[f32]) -> u32 {
 }
 
 /// `n` greedy samples of `prompt` through the engine: `(decode seconds, row 0's tokens)`.
-fn our_decode(model: &Gpt, prompt: &[u32], n: usize, new_tokens: usize) -> Result<(f64, Vec<u32>)> {
+fn our_decode(
+    model: &Gpt,
+    device: &Device,
+    prompt: &[u32],
+    n: usize,
+    new_tokens: usize,
+) -> Result<(f64, Vec<u32>)> {
     let params = SamplingParams {
         temperature: 0.0,
         max_tokens: new_tokens,
@@ -138,7 +150,7 @@ fn our_decode(model: &Gpt, prompt: &[u32], n: usize, new_tokens: usize) -> Resul
         params: &params,
     };
     let mut first: Option<Instant> = None;
-    let samples = generate_batch(model, &req, |_, _| {
+    let samples = generate_batch(model, device, &req, |_, _| {
         first.get_or_insert_with(Instant::now);
         true
     })?;
@@ -197,10 +209,11 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
     if a.prompt_tokens == 0 || a.new_tokens < 2 || a.batch == 0 || a.repeats == 0 {
         bail!("need --prompt-tokens >= 1, --new-tokens >= 2, --batch >= 1 and --repeats >= 1");
     }
+    let device = a.device.open()?;
     let scratch = ScratchDir::new("generate")?;
     let (cfg, model, model_dir, what) = match &a.model {
         Some(path) => {
-            let loaded = chatforge_train::artifact::load_model(path)?;
+            let loaded = chatforge_train::artifact::load_model(path, &device)?;
             let what = format!("checkpoint {}", loaded.checkpoint.dir.display());
             (loaded.config, loaded.model, loaded.checkpoint.dir, what)
         }
@@ -212,7 +225,7 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
                     GptConfig::preset_names().join(", ")
                 )
             })?;
-            let params = Params::init(&cfg, a.seed, &Device::Cpu)?;
+            let params = Params::init(&cfg, a.seed, &device)?;
             let dir = scratch.path().join("model");
             std::fs::create_dir_all(&dir)?;
             write_model_dir(&dir, &cfg, &params.tensors())?;
@@ -230,11 +243,12 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
     }
     let load_start = load_average();
     eprintln!(
-        "bench generate: {what}, vocab {}, {} parameters; P = {p}, N = {n}, batch 1 and {}; {} \
-         threads; load average {load_start}",
+        "bench generate: {what}, vocab {}, {} parameters; P = {p}, N = {n}, batch 1 and {}; \
+         device {}; {} threads; load average {load_start}",
         cfg.vocab_size,
         cfg.num_params(),
         a.batch,
+        a.device.device,
         rayon::current_num_threads()
     );
     let mut rng = Rng::derive(a.seed, "bench-generate-prompts");
@@ -246,7 +260,14 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
         })
         .collect();
 
-    let mut peer = PeerSlot::start(a.no_peer, &a.torch, scratch.path(), &model_dir, "generate");
+    let mut peer = PeerSlot::start(
+        a.no_peer,
+        &a.torch,
+        scratch.path(),
+        &model_dir,
+        "generate",
+        &a.device.device.to_string(),
+    );
     let peer_info = peer.info().cloned();
 
     let mut measures = vec![Measure::Prefill(1)];
@@ -263,8 +284,8 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
         let timed = rep >= a.warmup;
         for (m, s) in measures.iter().zip(samples.iter_mut()) {
             let (ours, ours_tokens) = match *m {
-                Measure::Prefill(b) => our_prefill(&model, &prompts[..b])?,
-                Measure::Decode(b) => our_decode(&model, &prompts[0], b, n)?,
+                Measure::Prefill(b) => our_prefill(&model, &device, &prompts[..b])?,
+                Measure::Decode(b) => our_decode(&model, &device, &prompts[0], b, n)?,
             };
             let theirs = peer_measure(&mut peer, *m, &prompts, n);
             eprintln!(
@@ -374,13 +395,14 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
     );
     println!();
     println!(
-        "Model: {what}, vocab {}, {} parameters, f32, greedy. Medians of {} repetitions after {} \
-         warm-up, chatforge's and PyTorch's runs alternating. Prefill: one forward pass of B \
+        "Model: {what}, vocab {}, {} parameters, f32, greedy, on {}. Medians of {} repetitions \
+         after {} warm-up, chatforge's and PyTorch's runs alternating. Prefill: one forward pass of B \
          prompts into an empty KV cache. Decode: the engine's batched loop (generate_batch, \
          behind generate_n), one prompt prefilled once and forked into B rows, timed from the \
          first token to the last; tokens/s = B·(N − 1) / time.",
         cfg.vocab_size,
         cfg.num_params(),
+        a.device.device,
         a.repeats,
         a.warmup
     );
@@ -389,10 +411,12 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
     }
     match (&peer.skipped, &peer_info) {
         (None, Some(info)) => println!(
-            "PyTorch {} with {} threads ({}, torch.inference_mode, concatenating KV cache).",
+            "PyTorch {} on {} with {} threads ({}, torch.inference_mode, concatenating KV \
+             cache).",
             info.get("torch_version")
                 .and_then(Value::as_str)
                 .unwrap_or("?"),
+            info.get("device").and_then(Value::as_str).unwrap_or("cpu"),
             info.get("threads").and_then(Value::as_u64).unwrap_or(0),
             info.get("attention").and_then(Value::as_str).unwrap_or("?"),
         ),

@@ -147,20 +147,22 @@ fn load_average() -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
-/// Median GFLOP/s of an `n × n × n` f32 GEMM through candle's CPU matmul (`2 n³` flops), after
-/// one warm-up: the ceiling our training step can reach.
-fn candle_matmul_gflops(n: usize, repeats: usize) -> Result<f64> {
+/// Median GFLOP/s of an `n × n × n` f32 GEMM through candle's matmul on `device` (`2 n³`
+/// flops), after one warm-up: the ceiling our training step can reach.
+fn candle_matmul_gflops(n: usize, repeats: usize, device: &Device) -> Result<f64> {
     let mut rng = Rng::derive(0, "bench-matmul");
     let mut fill = || -> Result<Tensor> {
         let data: Vec<f32> = (0..n * n).map(|_| rng.next_f32() - 0.5).collect();
-        Ok(Tensor::from_vec(data, (n, n), &Device::Cpu)?)
+        Ok(Tensor::from_vec(data, (n, n), device)?)
     };
     let (a, b) = (fill()?, fill()?);
     a.matmul(&b)?;
+    device.synchronize()?;
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats.max(1) {
         let t = Instant::now();
         std::hint::black_box(a.matmul(&b)?);
+        device.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
     let t = median(&times).unwrap_or(f64::NAN);

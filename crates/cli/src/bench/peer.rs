@@ -30,14 +30,15 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Starts `python script --model model_dir --mode mode --serve` and waits for its `ready`
-    /// line. `Err` carries a one-line reason to print (interpreter missing, torch not installed,
-    /// the model not loadable).
+    /// Starts `python script --model model_dir --mode mode --device device --serve` and waits
+    /// for its `ready` line. `Err` carries a one-line reason to print (interpreter missing, torch
+    /// not installed, the model not loadable, no such device).
     pub fn start(
         python: &str,
         scratch: &Path,
         model_dir: &Path,
         mode: &str,
+        device: &str,
     ) -> Result<Peer, String> {
         let script = scratch.join("torch_peer.py");
         std::fs::write(&script, TORCH_PEER_PY)
@@ -46,7 +47,7 @@ impl Peer {
             .arg(&script)
             .arg("--model")
             .arg(model_dir)
-            .args(["--mode", mode, "--serve"])
+            .args(["--mode", mode, "--device", device, "--serve"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -163,13 +164,15 @@ pub struct PeerSlot {
 }
 
 impl PeerSlot {
-    /// Starts the peer unless `disabled`; a failure to start is recorded, not returned.
+    /// Starts the peer on `device` (`cpu`, `cuda:N`) unless `disabled`; a failure to start is
+    /// recorded, not returned.
     pub fn start(
         disabled: bool,
         python: &str,
         scratch: &Path,
         model_dir: &Path,
         mode: &str,
+        device: &str,
     ) -> PeerSlot {
         if disabled {
             return PeerSlot {
@@ -177,8 +180,10 @@ impl PeerSlot {
                 skipped: Some("--no-peer was given".into()),
             };
         }
-        eprintln!("starting the PyTorch peer ({python} torch_peer.py --mode {mode})");
-        match Peer::start(python, scratch, model_dir, mode) {
+        eprintln!(
+            "starting the PyTorch peer ({python} torch_peer.py --mode {mode} --device {device})"
+        );
+        match Peer::start(python, scratch, model_dir, mode, device) {
             Ok(p) => PeerSlot {
                 peer: Some(p),
                 skipped: None,

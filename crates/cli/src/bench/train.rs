@@ -23,12 +23,15 @@
 //! 6. Achieved FLOP/s use the nanoGPT/PaLM estimate `6·N·B·T + 12·L·d·B·T²` per step (`N` the
 //!    parameters in matmuls, causal attention counted in full), compared with a measured
 //!    ceiling: the median time of an `n × n × n` f32 GEMM through candle.
+//! 7. `--device cuda` runs both sides on the GPU: weights, batch, gradients and optimizer state
+//!    live there, each timed step ends with a device synchronisation (ours and PyTorch's), and
+//!    the GEMM ceilings are cuBLAS f32 products (TF32 off on both sides).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use chatforge_data::Rng;
 use chatforge_model::ops::MatmulPrecision;
 use chatforge_model::{Gpt, GptConfig, Params};
@@ -80,6 +83,8 @@ pub struct TrainBenchArgs {
     /// Size n of the n×n×n f32 GEMM that measures the matmul ceiling (0 skips it).
     #[arg(long, default_value_t = 2048)]
     matmul: usize,
+    #[command(flatten)]
+    device: crate::device::DeviceOpt,
 }
 
 /// Our pretraining step on a fixed batch.
@@ -121,6 +126,8 @@ impl OurTrainer {
             self.lr,
             self.clip,
         )?;
+        // The update's kernels are queued on a GPU: the step ends when they have run.
+        self.x.device().synchronize()?;
         let secs = start.elapsed().as_secs_f64();
         if verdict != Verdict::Apply {
             bail!("our step was not applied ({verdict:?}); the timing would be meaningless");
@@ -167,17 +174,19 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
     })?;
     cfg.validate()?;
     let (b, t) = (a.batch, cfg.context_length);
+    let device = a.device.open()?;
     let load_start = load_average();
     eprintln!(
-        "bench train: preset {} (vocab {}, {} parameters), batch {b} x context {t}; {} threads; \
-         load average {load_start}",
+        "bench train: preset {} (vocab {}, {} parameters), batch {b} x context {t}; device {}; \
+         {} threads; load average {load_start}",
         a.preset,
         cfg.vocab_size,
         cfg.num_params(),
+        a.device.device,
         rayon::current_num_threads()
     );
 
-    let params = Params::init(&cfg, a.seed, &Device::Cpu)?;
+    let params = Params::init(&cfg, a.seed, &device)?;
     let scratch = ScratchDir::new("train")?;
     let model_dir = scratch.path().join("model");
     std::fs::create_dir_all(&model_dir)?;
@@ -194,12 +203,19 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
         clip: opt_cfg.grad_clip,
         opt: AdamW::new(opt_cfg),
         guard: Guard::default(),
-        x: Tensor::from_vec(flat(&x_ids), (b, t), &Device::Cpu)?,
-        y: Tensor::from_vec(flat(&y_ids), (b, t), &Device::Cpu)?,
+        x: Tensor::from_vec(flat(&x_ids), (b, t), &device)?,
+        y: Tensor::from_vec(flat(&y_ids), (b, t), &device)?,
     };
     let ours_setup_rss = proc_memory().current;
 
-    let mut peer = PeerSlot::start(a.no_peer, &a.torch, scratch.path(), &model_dir, "train");
+    let mut peer = PeerSlot::start(
+        a.no_peer,
+        &a.torch,
+        scratch.path(),
+        &model_dir,
+        "train",
+        &a.device.device.to_string(),
+    );
     let peer_info = peer.info().cloned();
     peer.call(|p| p.request(&json!({"cmd": "set_batch", "x": x_ids, "y": y_ids})));
 
@@ -266,7 +282,7 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
     // The matmul ceilings, after the steps (they would inflate our peak memory otherwise).
     let ceiling = if a.matmul > 0 {
         eprintln!("measuring the {0}x{0}x{0} f32 GEMM ceiling", a.matmul);
-        Some(candle_matmul_gflops(a.matmul, 5)?)
+        Some(candle_matmul_gflops(a.matmul, 5, &device)?)
     } else {
         None
     };
@@ -414,13 +430,14 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
     println!();
     println!(
         "Model: preset {}, vocab {}, {} parameters ({} in matmuls); batch {b} x context {t} = {} \
-         tokens per step; {} timed steps after {} warm-up steps per configuration, chatforge's \
-         and PyTorch's steps alternating (f32 with f32, bf16 with bf16).",
+         tokens per step, on {}; {} timed steps after {} warm-up steps per configuration, \
+         chatforge's and PyTorch's steps alternating (f32 with f32, bf16 with bf16).",
         a.preset,
         cfg.vocab_size,
         cfg.num_params(),
         n_mm,
         b * t,
+        a.device.device,
         a.steps,
         a.warmup
     );
@@ -441,10 +458,11 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
     }
     match (&peer.skipped, &peer_info) {
         (None, Some(info)) => println!(
-            "PyTorch {} with {} threads ({}; {}).",
+            "PyTorch {} on {} with {} threads ({}; {}).",
             info.get("torch_version")
                 .and_then(Value::as_str)
                 .unwrap_or("?"),
+            info.get("device").and_then(Value::as_str).unwrap_or("cpu"),
             info.get("threads").and_then(Value::as_u64).unwrap_or(0),
             info.get("attention").and_then(Value::as_str).unwrap_or("?"),
             info.get("optimizer").and_then(Value::as_str).unwrap_or("?"),

@@ -2,6 +2,7 @@
 //! prompts, judged by the world's gold judge (or the reward model), plus the mean reward-model
 //! score and the held-out pretraining loss.
 
+use candle_core::Device;
 use chatforge_data::prompts::PromptRecord;
 use chatforge_data::world::judge;
 use chatforge_engine::{generate, FinishReason, SamplingParams};
@@ -43,6 +44,7 @@ pub(super) fn render_prompts(
 /// Greedy response ids (end token included when it ended) and whether it ended.
 pub(super) fn greedy(
     model: &Gpt,
+    device: &Device,
     prompt: &[u32],
     end: u32,
     max_tokens: usize,
@@ -53,7 +55,7 @@ pub(super) fn greedy(
         stop_tokens: vec![end],
         ..SamplingParams::default()
     };
-    let g = generate(model, prompt, &params, |_| true)?;
+    let g = generate(model, device, prompt, &params, |_| true)?;
     Ok((g.tokens, g.finish == FinishReason::Stop))
 }
 
@@ -73,6 +75,7 @@ pub(super) struct EvalSet {
 pub(super) fn evaluate_policy(
     step: u64,
     policy: &Gpt,
+    device: &Device,
     set: &EvalSet,
     rm: &RewardModel,
     tok: &Tokenizer,
@@ -85,7 +88,7 @@ pub(super) fn evaluate_policy(
     let mut rows = Vec::with_capacity(set.prompts.len());
     let mut texts = Vec::with_capacity(set.prompts.len());
     for (rec, ids) in &set.prompts {
-        let (resp, ended) = greedy(policy, ids, end, max_tokens)?;
+        let (resp, ended) = greedy(policy, device, ids, end, max_tokens)?;
         rows.push(reward_row(tok, rm.template(), ids, &resp));
         texts.push((text_of(tok, &resp, end)?, ended));
         gold &= rec.task.is_some();
@@ -111,7 +114,7 @@ pub(super) fn evaluate_policy(
         }
     }
     let pretrain_loss = match pretrain {
-        Some((rows, bytes)) => Some(evaluate(policy, rows, bytes)?.0),
+        Some((rows, bytes)) => Some(evaluate(policy, device, rows, bytes)?.0),
         None => None,
     };
     Ok(PpoEval {

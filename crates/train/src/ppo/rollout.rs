@@ -36,9 +36,11 @@ pub struct Rollout {
 
 /// Samples `per_prompt` responses to each prompt. Row `r` of prompt `i` draws from the stream
 /// `(params.seed ^ prompt_index · 0x9E37…, r)`, so a rollout depends only on the seed, the
-/// prompt and its row: resuming or re-batching reproduces it.
+/// prompt and its row: resuming or re-batching reproduces it. `device` is where `policy`'s
+/// weights are.
 pub fn sample(
     policy: &Gpt,
+    device: &Device,
     prompts: &[(usize, &[u32])],
     per_prompt: usize,
     params: &SamplingParams,
@@ -49,7 +51,7 @@ pub fn sample(
             seed: params.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             ..params.clone()
         };
-        for s in generate_n(policy, prompt, per_prompt, &p)? {
+        for s in generate_n(policy, device, prompt, per_prompt, &p)? {
             if s.tokens.is_empty() {
                 return Err(Error::Data(format!(
                     "prompt {index} produced an empty response (the prompt fills the context)"
@@ -83,8 +85,8 @@ pub struct Packed {
     pub width: usize,
 }
 
-/// Packs `rollouts` (each `prompt ++ response`) right-padded with `pad`.
-pub fn pack(rollouts: &[&Rollout], pad: u32) -> Result<Packed> {
+/// Packs `rollouts` (each `prompt ++ response`) right-padded with `pad`, on `device`.
+pub fn pack(rollouts: &[&Rollout], pad: u32, device: &Device) -> Result<Packed> {
     let b = rollouts.len();
     if b == 0 {
         return Err(Error::Data("cannot pack an empty batch of rollouts".into()));
@@ -116,11 +118,10 @@ pub fn pack(rollouts: &[&Rollout], pad: u32) -> Result<Packed> {
     let targets: Vec<u32> = (0..b)
         .flat_map(|row| ids[row * l + 1..(row + 1) * l].to_vec())
         .collect();
-    let dev = Device::Cpu;
     Ok(Packed {
-        ids: Tensor::from_vec(ids, (b, l), &dev)?,
-        targets: Tensor::from_vec(targets, (b, w), &dev)?,
-        mask: Tensor::from_vec(mask, (b, w), &dev)?,
+        ids: Tensor::from_vec(ids, (b, l), device)?,
+        targets: Tensor::from_vec(targets, (b, w), device)?,
+        mask: Tensor::from_vec(mask, (b, w), device)?,
         positions,
         rows: b,
         width: w,
@@ -171,7 +172,7 @@ pub fn per_row(grid: &Tensor, batch: &Packed) -> Result<Vec<Vec<f64>>> {
 }
 
 /// The inverse of [`per_row`]: a `(B, L - 1)` f32 grid with each row's values at its response
-/// positions and zeros elsewhere.
+/// positions and zeros elsewhere, on the batch's device.
 pub fn to_grid(rows: &[Vec<f64>], batch: &Packed) -> Result<Tensor> {
     let w = batch.width;
     let mut g = vec![0f32; batch.rows * w];
@@ -187,5 +188,5 @@ pub fn to_grid(rows: &[Vec<f64>], batch: &Packed) -> Result<Tensor> {
             g[row * w + i] = *v as f32;
         }
     }
-    Ok(Tensor::from_vec(g, (batch.rows, w), &Device::Cpu)?)
+    Ok(Tensor::from_vec(g, (batch.rows, w), batch.ids.device())?)
 }

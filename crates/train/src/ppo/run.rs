@@ -127,7 +127,7 @@ fn finite_step(
     what: &str,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<f64> {
-    let norm = clip_grads(grads, opt.config().grad_clip);
+    let norm = clip_grads(grads, opt.config().grad_clip)?;
     if loss.is_finite() && norm.is_finite() {
         opt.step(vars, grads, lr)?;
         skips.consecutive = 0;
@@ -168,10 +168,13 @@ fn value_dir(out: &Path) -> PathBuf {
     out.join("value")
 }
 
-/// Runs (or resumes) PPO.
+/// Runs (or resumes) PPO on `device` (see [`crate::pretrain::run`]): the policy, its reference,
+/// the value and the reward models all live there; rollouts are sampled there and their
+/// statistics (advantages, returns, KL) computed on the host.
 pub fn run(
     cfg_in: &PpoConfig,
     paths: &PpoPaths,
+    device: &Device,
     resume: bool,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<PpoSummary> {
@@ -181,11 +184,11 @@ pub fn run(
     } else {
         None
     };
-    let sft = load_model(&paths.policy)?;
+    let sft = load_model(&paths.policy, device)?;
     let mut cfg = cfg_in.clone();
     cfg.template = template_of(&sft.meta)?;
     let template = cfg.template;
-    let rm = RewardModel::load(&paths.reward)?;
+    let rm = RewardModel::load(&paths.reward, device)?;
     if rm.tokenizer().hash() != sft.tokenizer.hash() {
         return Err(Error::Config(format!(
             "the reward model {} and the policy {} use different tokenizers",
@@ -202,8 +205,8 @@ pub fn run(
     // Policy and value weights: from SFT and the RM, or from this run's checkpoints.
     let (policy_params, value_params, mut state, mut popt, mut vopt) = match &checkpoint {
         None => {
-            let policy = load_model(&paths.policy)?.params;
-            let value = load_scalar(&paths.reward)?.params;
+            let policy = load_model(&paths.policy, device)?.params;
+            let value = load_scalar(&paths.reward, device)?.params;
             let state = LoopState {
                 step: 0,
                 cursor: Cursor::default(),
@@ -223,7 +226,7 @@ pub fn run(
             )
         }
         Some(ck) => {
-            let loaded = load_model(&ck.dir)?;
+            let loaded = load_model(&ck.dir, device)?;
             let saved: PpoConfig = serde_json::from_value(loaded.meta.config.clone())
                 .map_err(|e| Error::State(format!("checkpoint config: {e}")))?;
             let (mut a, mut b) = (cfg.clone(), saved);
@@ -248,7 +251,7 @@ pub fn run(
                     .join(chatforge_model::checkpoint::CHECKPOINTS_DIR)
                     .join(step_dir_name(state.step)),
             )?;
-            let value = load_scalar(&vck.dir)?.params;
+            let value = load_scalar(&vck.dir, device)?.params;
             let mut popt = optimizer(cfg.policy_lr, cfg.grad_clip);
             let mut vopt = optimizer(cfg.value_lr, cfg.grad_clip);
             artifact::load_optimizer(ck, &loaded.params, &mut popt)?;
@@ -323,7 +326,7 @@ pub fn run(
             let mut sft_out = Vec::new();
             let mut rows = Vec::new();
             for (i, ids) in rendered.into_iter().take(cfg.eval_prompts) {
-                let (resp, ended) = greedy(&reference, &ids, end, cfg.max_new_tokens)?;
+                let (resp, ended) = greedy(&reference, device, &ids, end, cfg.max_new_tokens)?;
                 rows.push(reward_row(&tok, template, &ids, &resp));
                 sft_out.push((text_of(&tok, &resp, end)?, ended));
                 prompts.push((recs[i].clone(), ids));
@@ -365,6 +368,7 @@ pub fn run(
         evaluate_policy(
             step,
             &frozen(&policy_params)?,
+            device,
             &eval_set,
             &rm,
             &tok,
@@ -426,7 +430,8 @@ pub fn run(
             ..SamplingParams::default()
         };
         let current = frozen(&policy_params)?;
-        let rollouts = rollout::sample(&current, &batch, cfg.samples_per_prompt, &sampling)?;
+        let rollouts =
+            rollout::sample(&current, device, &batch, cfg.samples_per_prompt, &sampling)?;
         let n = rollouts.len();
 
         // 2. Scores, whitened with running moments; the missing-end penalty.
@@ -446,7 +451,7 @@ pub fn run(
         let mut old_values = Vec::with_capacity(n);
         for chunk in rollouts.chunks(cfg.minibatch_size) {
             let refs: Vec<&Rollout> = chunk.iter().collect();
-            let packed = rollout::pack(&refs, pad)?;
+            let packed = rollout::pack(&refs, pad, device)?;
             let (lp, _) = token_logprobs(&reference, &packed, cfg.temperature as f64)?;
             ref_lp.extend(per_row(&lp, &packed)?);
             old_values.extend(per_row(&token_values(&frozen_value, &packed)?, &packed)?);
@@ -484,7 +489,7 @@ pub fn run(
             rng.shuffle(&mut idx);
             for (mb, chunk) in idx.chunks(cfg.minibatch_size).enumerate() {
                 let refs: Vec<&Rollout> = chunk.iter().map(|&i| &rollouts[i]).collect();
-                let packed = rollout::pack(&refs, pad)?;
+                let packed = rollout::pack(&refs, pad, device)?;
                 let pick = |v: &[Vec<f64>]| -> Vec<Vec<f64>> {
                     chunk.iter().map(|&i| v[i].clone()).collect()
                 };
@@ -513,8 +518,8 @@ pub fn run(
                 let mut ptx_loss = None;
                 if let Some(loader) = ptx_loader.as_mut().filter(|_| cfg.ptx_coef > 0.0) {
                     let b = loader.next_batch(cfg.ptx_batch_size)?;
-                    let x = Tensor::from_vec(b.inputs, (b.rows, b.seq_len), &Device::Cpu)?;
-                    let y = Tensor::from_vec(b.targets, (b.rows, b.seq_len), &Device::Cpu)?;
+                    let x = Tensor::from_vec(b.inputs, (b.rows, b.seq_len), device)?;
+                    let y = Tensor::from_vec(b.targets, (b.rows, b.seq_len), device)?;
                     let l = policy.loss(&x, &y)?;
                     ptx_loss = Some(l.to_scalar::<f32>()? as f64);
                     objective = (objective + (l * cfg.ptx_coef)?)?;

@@ -131,7 +131,7 @@ pub fn ranking_step_grads(
             pairs.extend(g.pairs.iter().map(|&(b, l)| (base + b, base + l)));
             weights.extend(std::iter::repeat_n(w, g.pairs.len()));
         }
-        let (x, lens) = pad_rows(&ids, pad)?;
+        let (x, lens) = pad_rows(&ids, pad, model.device())?;
         let scores = model.readout(&x, &lens)?; // (N,)
         let (loss, per_pair) = weighted_pair_loss(&scores, &pairs, &weights)?;
         loss_sum += per_pair

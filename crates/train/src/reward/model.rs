@@ -65,11 +65,12 @@ pub fn response_ids(
     Ok(ids)
 }
 
-/// Stacks rows into a right-padded `(B, T)` id tensor; returns it with each row's length.
+/// Stacks rows into a right-padded `(B, T)` id tensor on `device`; returns it with each row's
+/// length.
 ///
 /// # Shapes
 /// - returns `(B, T)` with `T` the longest row.
-pub fn pad_rows(rows: &[&[u32]], pad: u32) -> Result<(Tensor, Vec<usize>)> {
+pub fn pad_rows(rows: &[&[u32]], pad: u32, device: &Device) -> Result<(Tensor, Vec<usize>)> {
     let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     if t == 0 || rows.iter().any(|r| r.is_empty()) {
         return Err(Error::Data("a reward-model row is empty".into()));
@@ -80,7 +81,7 @@ pub fn pad_rows(rows: &[&[u32]], pad: u32) -> Result<(Tensor, Vec<usize>)> {
         x[i * t..i * t + r.len()].copy_from_slice(r);
     }
     let lens = rows.iter().map(|r| r.len()).collect();
-    Ok((Tensor::from_vec(x, (b, t), &Device::Cpu)?, lens))
+    Ok((Tensor::from_vec(x, (b, t), device)?, lens))
 }
 
 /// The transformer without its LM head in the forward pass, plus a scalar head.
@@ -88,6 +89,8 @@ pub fn pad_rows(rows: &[&[u32]], pad: u32) -> Result<(Tensor, Vec<usize>)> {
 pub struct ScalarModel {
     pub gpt: Gpt,
     pub head: ScalarHead,
+    /// Where the weights are (the `VarBuilder`'s device).
+    device: Device,
 }
 
 impl ScalarModel {
@@ -95,8 +98,14 @@ impl ScalarModel {
     pub fn new(cfg: &GptConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             gpt: Gpt::new(cfg, vb.clone())?,
-            head: ScalarHead::new(cfg, vb)?,
+            head: ScalarHead::new(cfg, vb.clone())?,
+            device: vb.device().clone(),
         })
+    }
+
+    /// The device of the weights, where inputs must go.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The model with the transformer's linear layers at `prec` (see
@@ -104,7 +113,7 @@ impl ScalarModel {
     pub fn with_matmul_precision(self, prec: chatforge_model::ops::MatmulPrecision) -> Self {
         Self {
             gpt: self.gpt.with_matmul_precision(prec),
-            head: self.head,
+            ..self
         }
     }
 
@@ -158,29 +167,28 @@ pub fn score_rows(
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(SCORE_BATCH_ROWS) {
         let refs: Vec<&[u32]> = chunk.iter().map(|r| r.as_slice()).collect();
-        let (ids, lens) = pad_rows(&refs, pad)?;
+        let (ids, lens) = pad_rows(&refs, pad, model.device())?;
         out.extend(model.readout(&ids, &lens)?.to_vec1::<f32>()?);
     }
     Ok(out)
 }
 
-/// A fresh scalar head for `cfg`: `score_head.weight` ~ N(0, 1/(C+1)) from a stream derived
-/// from `seed`, `score_head.bias` = 0.
-pub fn init_score_head(cfg: &GptConfig, seed: u64) -> Result<Params> {
+/// A fresh scalar head for `cfg` on `device`: `score_head.weight` ~ N(0, 1/(C+1)) from a
+/// stream derived from `seed`, `score_head.bias` = 0.
+pub fn init_score_head(cfg: &GptConfig, seed: u64, device: &Device) -> Result<Params> {
     let std = 1.0 / ((cfg.n_embd + 1) as f64).sqrt();
     let mut rng = Rng::derive(seed, "score_head.weight");
     let w: Vec<f32> = (0..cfg.n_embd)
         .map(|_| (rng.normal() * std) as f32)
         .collect();
-    let dev = Device::Cpu;
     let tensors = [
         (
             "score_head.weight".to_string(),
-            Tensor::from_vec(w, (1, cfg.n_embd), &dev)?,
+            Tensor::from_vec(w, (1, cfg.n_embd), device)?,
         ),
         (
             "score_head.bias".to_string(),
-            Tensor::zeros(1, DType::F32, &dev)?,
+            Tensor::zeros(1, DType::F32, device)?,
         ),
     ]
     .into_iter()
@@ -201,15 +209,15 @@ pub struct LoadedScalar {
 /// Loads a reward checkpoint (a checkpoint directory, or a run directory's newest one): the
 /// config, the tokenizer (checked against the hash in `meta.json` and the vocabulary size), and
 /// the weights, whose names and shapes must be exactly the language model's plus
-/// `score_head.weight` and `score_head.bias`.
-pub fn load_scalar(path: &Path) -> Result<LoadedScalar> {
+/// `score_head.weight` and `score_head.bias`. The weights are loaded onto `device`.
+pub fn load_scalar(path: &Path, device: &Device) -> Result<LoadedScalar> {
     let crate::artifact::Parts {
         checkpoint,
         config,
         meta,
         tokenizer,
         params,
-    } = crate::artifact::load_parts(path)?;
+    } = crate::artifact::load_parts(path, device)?;
     let mut expected = Params::expected_shapes(&config);
     expected.extend(ScalarHead::expected_shapes(&config));
     params.check(&expected).map_err(|e| Error::File {
@@ -236,9 +244,9 @@ pub struct RewardModel {
 }
 
 impl RewardModel {
-    /// Loads a reward checkpoint (see [`load_scalar`]).
-    pub fn load(path: &Path) -> Result<RewardModel> {
-        let l = load_scalar(path)?;
+    /// Loads a reward checkpoint (see [`load_scalar`]) onto `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<RewardModel> {
+        let l = load_scalar(path, device)?;
         Self::from_params(&l.config, &l.params, l.tokenizer, l.template)
     }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use chatforge_data::corpus::ReadOptions;
 use chatforge_data::ranking::read_rankings;
 use chatforge_model::checkpoint::{latest_checkpoint, safetensors_from_bytes, Checkpoint};
@@ -216,10 +216,8 @@ fn load_trainable_moments(
             path: ck.dir.join("trainer_state.json"),
             msg: "missing optimizer_step".into(),
         })?;
-    let tensors = safetensors_from_bytes(
-        &ck.read("optimizer.safetensors")?,
-        &candle_core::Device::Cpu,
-    )?;
+    // Read on the host; `load_state` moves the moments to the parameters' device.
+    let tensors = safetensors_from_bytes(&ck.read("optimizer.safetensors")?, &Device::Cpu)?;
     opt.load_state(vars, &tensors, step)
 }
 
@@ -263,10 +261,12 @@ fn report(
     Ok(())
 }
 
-/// Runs (or resumes) reward-model training from an SFT checkpoint.
+/// Runs (or resumes) reward-model training from an SFT checkpoint, on `device` (see
+/// [`crate::pretrain::run`]).
 pub fn run(
     cfg: &RewardConfig,
     paths: &RewardPaths,
+    device: &Device,
     resume: bool,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<RewardSummary> {
@@ -301,18 +301,18 @@ pub fn run(
     let mut cfg = cfg.clone();
     let (model_cfg, params, tok, saved) = match &checkpoint {
         Some(ck) => {
-            let l = load_scalar(&ck.dir)?;
+            let l = load_scalar(&ck.dir, device)?;
             let saved: RewardConfig = serde_json::from_value(l.meta.config.clone())
                 .map_err(|e| Error::State(format!("checkpoint config: {e}")))?;
             (l.config, l.params, l.tokenizer, Some(saved))
         }
         None => {
-            let base = load_model(&paths.base)?;
+            let base = load_model(&paths.base, device)?;
             if cfg.template.is_none() {
                 cfg.template = Some(crate::artifact::template_of(&base.meta)?);
             }
             let mut params = base.params;
-            params.extend(init_score_head(&base.config, cfg.seed)?)?;
+            params.extend(init_score_head(&base.config, cfg.seed, device)?)?;
             (base.config, params, base.tokenizer, None)
         }
     };

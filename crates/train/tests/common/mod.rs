@@ -66,7 +66,9 @@ pub fn fixture() -> Fixture {
     let sft_params = Params::init(&cfg, 3, &Device::Cpu).unwrap();
     let sft = save(&root.join("sft"), "sft", &sft_params, &cfg, &tok);
     let mut rm_params = Params::init(&cfg, 4, &Device::Cpu).unwrap();
-    rm_params.extend(init_score_head(&cfg, 9).unwrap()).unwrap();
+    rm_params
+        .extend(init_score_head(&cfg, 9, &Device::Cpu).unwrap())
+        .unwrap();
     let rm = save(&root.join("rm"), "reward", &rm_params, &cfg, &tok);
     let prompts = root.join("prompts.jsonl");
     let mut recs = prompt_records(&world, Split::Train, 24, 1);
