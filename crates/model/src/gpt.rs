@@ -146,6 +146,9 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// The precision of the attention kernel's own products (those of the projections live in
+    /// each [`Linear`]).
+    prec: ops::MatmulPrecision,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
@@ -159,6 +162,7 @@ impl Attention {
             k_proj: linear(c, cfg.n_kv_head * hd, cfg.bias, vb.pp("k_proj"))?,
             v_proj: linear(c, cfg.n_kv_head * hd, cfg.bias, vb.pp("v_proj"))?,
             o_proj: linear(cfg.n_head * hd, c, cfg.bias, vb.pp("o_proj"))?,
+            prec: ops::MatmulPrecision::F32,
             n_head: cfg.n_head,
             n_kv_head: cfg.n_kv_head,
             head_dim: hd,
@@ -206,7 +210,7 @@ impl Attention {
             }
             None => (k, v),
         };
-        let y = ops::causal_attention(&q, &k, &v, offset)?; // (B, H, T, D)
+        let y = ops::causal_attention_with(&q, &k, &v, offset, self.prec)?; // (B, H, T, D)
         let y = y
             .transpose(1, 2)?
             .reshape((b, t, self.n_head * self.head_dim))?; // (B, T, H * D)
@@ -362,6 +366,7 @@ impl Gpt {
             for l in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
                 l.prec = prec;
             }
+            a.prec = prec;
             match &mut block.mlp {
                 Mlp::Gelu { fc, proj } => {
                     fc.prec = prec;

@@ -7,7 +7,7 @@ use chatforge_train::optim::{accumulate_grads, AdamW, FlatGrads, OptimConfig};
 
 fn main() -> anyhow::Result<()> {
     let preset = std::env::args().nth(1).unwrap_or("tiny".into());
-    let cfg = GptConfig::preset(&preset, 2048).unwrap();
+    let cfg = GptConfig::preset(&preset, 4096).unwrap();
     let params = Params::init(&cfg, 1, &Device::Cpu)?;
     let prec = match std::env::args().nth(2).as_deref() {
         Some("bf16") => chatforge_model::ops::MatmulPrecision::Bf16,
@@ -16,7 +16,7 @@ fn main() -> anyhow::Result<()> {
     let model = Gpt::new(&cfg, params.var_builder(DType::F32))?.with_matmul_precision(prec);
     let vars = var_map(&params);
     let (b, t) = (8, cfg.context_length);
-    let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 2048) as u32).collect();
+    let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 4096) as u32).collect();
     let x = Tensor::from_vec(ids.clone(), (b, t), &Device::Cpu)?;
     let y = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
     let mut opt = AdamW::new(OptimConfig::default());

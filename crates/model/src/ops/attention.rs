@@ -34,7 +34,8 @@ use rayon::prelude::*;
 mod decode;
 use decode::DecodeOp;
 
-use super::cpu::{matmul, max, slice, sum_map, sum_map2, CpuView, MatRef, Real};
+use super::cpu::{max, simd_kernel, slice, sum_map, sum_map2, CpuView, MatRef, Real};
+use super::gemm::{MatmulPrecision, ProductReal};
 
 const NAME: &str = "causal_attention";
 const DECODE_NAME: &str = "causal_attention_decode";
@@ -82,6 +83,8 @@ impl Dims {
 
 struct AttentionOp {
     offset: usize,
+    /// The precision of the matrix products (module docs).
+    prec: MatmulPrecision,
     /// Each query row's log-sum-exp of its scaled scores, `(B, H, T)`.
     lse: OnceLock<CpuStorage>,
 }
@@ -94,54 +97,31 @@ fn blocks(t: usize, offset: usize) -> impl Iterator<Item = (usize, usize, usize)
 }
 
 impl AttentionOp {
-    fn fwd<T: Real>(&self, q: &[T], k: &[T], v: &[T], dims: Dims) -> Result<(Vec<T>, Vec<T>)> {
+    fn fwd<T: ProductReal>(
+        &self,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        dims: Dims,
+    ) -> Result<(Vec<T>, Vec<T>)> {
         let Dims { h, t, s, d, .. } = dims;
-        let (rep, offset) = (dims.rep(), self.offset);
-        let scale = T::from_f64(1.0 / (d as f64).sqrt());
+        let (rep, offset, prec) = (dims.rep(), self.offset, self.prec);
         let mut out = vec![T::zero(); dims.b * h * t * d];
         let mut lse = vec![T::zero(); dims.b * h * t];
         out.par_chunks_mut(t * d)
             .zip(lse.par_chunks_mut(t))
             .enumerate()
-            .try_for_each(|(bh, (o, lse))| -> Result<()> {
+            .try_for_each(|(bh, (o, lse))| {
                 let kv = (bh / h * dims.hkv + bh % h / rep) * s * d; // this head's K/V offset
-                let (qh, kh, vh) = (
-                    &q[bh * t * d..][..t * d],
-                    &k[kv..][..s * d],
-                    &v[kv..][..s * d],
-                );
-                let mut p = vec![T::zero(); BLOCK.min(t) * s];
-                for (i0, i1, sb) in blocks(t, offset) {
-                    let p = &mut p[..(i1 - i0) * sb];
-                    let q_b = MatRef::rows(&qh[i0 * d..i1 * d], i1 - i0, d);
-                    matmul(
-                        p,
-                        q_b,
-                        MatRef::transposed(&kh[..sb * d], d, sb),
-                        scale,
-                        false,
-                    )?;
-                    for (r, row) in p.chunks_mut(sb).enumerate() {
-                        let (live, dead) = row.split_at_mut(offset + i0 + r + 1);
-                        let m = max(live);
-                        live.iter_mut().for_each(|x| *x = (*x - m).exp());
-                        let sum = sum_map(live, |x| x);
-                        let inv = sum.recip();
-                        live.iter_mut().for_each(|x| *x *= inv);
-                        dead.fill(T::zero());
-                        lse[i0 + r] = m + sum.ln();
-                    }
-                    let p_b = MatRef::rows(&*p, i1 - i0, sb);
-                    let v_b = MatRef::rows(&vh[..sb * d], sb, d);
-                    matmul(&mut o[i0 * d..i1 * d], p_b, v_b, T::one(), false)?;
-                }
-                Ok(())
+                let q = &q[bh * t * d..][..t * d];
+                let (k, v) = (&k[kv..][..s * d], &v[kv..][..s * d]);
+                fwd_head(o, lse, q, k, v, dims, offset, prec)
             })?;
         Ok((out, lse))
     }
 
     /// Returns `(dq, dk, dv)`.
-    fn bwd_t<T: Real>(
+    fn bwd_t<T: ProductReal>(
         &self,
         (q, k, v): (&[T], &[T], &[T]),
         o: &[T],
@@ -150,75 +130,28 @@ impl AttentionOp {
         dims: Dims,
     ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
         let Dims { t, s, d, .. } = dims;
-        let (rep, offset) = (dims.rep(), self.offset);
-        let scale = T::from_f64(1.0 / (d as f64).sqrt());
+        let (rep, offset, prec) = (dims.rep(), self.offset, self.prec);
         let mut dq = vec![T::zero(); q.len()];
         let mut dk = vec![T::zero(); k.len()];
         let mut dv = vec![T::zero(); v.len()];
         dq.par_chunks_mut(rep * t * d)
             .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
             .enumerate()
-            .try_for_each(|(group, (dq, (dk, dv)))| -> Result<()> {
-                // One (batch, KV head) and its `rep` query heads, which are contiguous in q.
-                let (kh, vh) = (&k[group * s * d..][..s * d], &v[group * s * d..][..s * d]);
-                let mut p = vec![T::zero(); BLOCK.min(t) * s];
-                let mut ds = vec![T::zero(); BLOCK.min(t) * s];
-                for (r_head, dq) in dq.chunks_mut(t * d).enumerate() {
-                    let head = group * rep + r_head;
-                    let span = head * t * d..(head + 1) * t * d;
-                    let (qh, oh, gh) = (&q[span.clone()], &o[span.clone()], &g[span]);
-                    let lse = &lse[head * t..][..t];
-                    for (i0, i1, sb) in blocks(t, offset) {
-                        let bq = i1 - i0;
-                        let (p, ds) = (&mut p[..bq * sb], &mut ds[..bq * sb]);
-                        let q_b = MatRef::rows(&qh[i0 * d..i1 * d], bq, d);
-                        let g_b = MatRef::rows(&gh[i0 * d..i1 * d], bq, d);
-                        // P = exp(scale Q_b K^T - lse), 0 where masked.
-                        matmul(
-                            p,
-                            q_b,
-                            MatRef::transposed(&kh[..sb * d], d, sb),
-                            scale,
-                            false,
-                        )?;
-                        for (r, row) in p.chunks_mut(sb).enumerate() {
-                            let (live, dead) = row.split_at_mut(offset + i0 + r + 1);
-                            let l = lse[i0 + r];
-                            live.iter_mut().for_each(|x| *x = (*x - l).exp());
-                            dead.fill(T::zero());
-                        }
-                        // dV += P^T dO_b
-                        let p_t = MatRef::transposed(&*p, sb, bq);
-                        matmul(&mut dv[..sb * d], p_t, g_b, T::one(), true)?;
-                        // dS = P * (dO_b V^T - rowsum(dO_b * O_b))
-                        matmul(
-                            ds,
-                            g_b,
-                            MatRef::transposed(&vh[..sb * d], d, sb),
-                            T::one(),
-                            false,
-                        )?;
-                        for (r, (ds, p)) in ds.chunks_mut(sb).zip(p.chunks(sb)).enumerate() {
-                            let i = i0 + r;
-                            let di = sum_map2(&gh[i * d..][..d], &oh[i * d..][..d], |a, b| a * b);
-                            for (ds, &p) in ds.iter_mut().zip(p) {
-                                *ds = p * (*ds - di);
-                            }
-                        }
-                        // dQ_b = scale dS K;  dK += scale dS^T Q_b
-                        let ds_b = MatRef::rows(&*ds, bq, sb);
-                        let k_b = MatRef::rows(&kh[..sb * d], sb, d);
-                        matmul(&mut dq[i0 * d..i1 * d], ds_b, k_b, scale, false)?;
-                        let ds_t = MatRef::transposed(&*ds, sb, bq);
-                        matmul(&mut dk[..sb * d], ds_t, q_b, scale, true)?;
-                    }
-                }
-                Ok(())
+            .try_for_each(|(group, (dq, (dk, dv)))| {
+                bwd_group(
+                    (dq, dk, dv),
+                    group,
+                    (q, k, v),
+                    (o, g, lse),
+                    dims,
+                    offset,
+                    prec,
+                )
             })?;
         Ok((dq, dk, dv))
     }
 
-    fn bwd_dispatch<T: Real>(
+    fn bwd_dispatch<T: ProductReal>(
         &self,
         q: &Tensor,
         k: &Tensor,
@@ -259,6 +192,110 @@ impl AttentionOp {
     }
 }
 
+simd_kernel! {
+    /// The forward for one query head: `o` and `lse` are its output rows and log-sum-exps, `qh`
+    /// its queries, `kh` and `vh` the keys and values of its KV head.
+    fn fwd_head<T: ProductReal>(
+        o: &mut [T],
+        lse: &mut [T],
+        qh: &[T],
+        kh: &[T],
+        vh: &[T],
+        dims: Dims,
+        offset: usize,
+        prec: MatmulPrecision,
+    ) -> Result<()> {
+        let Dims { t, s, d, .. } = dims;
+        let scale = T::from_f64(1.0 / (d as f64).sqrt());
+        let mut p = vec![T::zero(); BLOCK.min(t) * s];
+        for (i0, i1, sb) in blocks(t, offset) {
+            let p = &mut p[..(i1 - i0) * sb];
+            // Unscaled scores Q_b K^T; the scale is applied inside the exponential.
+            let q_b = MatRef::rows(&qh[i0 * d..i1 * d], i1 - i0, d);
+            let k_t = MatRef::transposed(&kh[..sb * d], d, sb);
+            T::product(prec, p, q_b, k_t, false)?;
+            for (r, row) in p.chunks_mut(sb).enumerate() {
+                let (live, dead) = row.split_at_mut(offset + i0 + r + 1);
+                let m = max(live);
+                live.iter_mut().for_each(|x| *x = ((*x - m) * scale).exp());
+                let sum = sum_map(live, |x| x);
+                let inv = sum.recip();
+                live.iter_mut().for_each(|x| *x *= inv);
+                dead.fill(T::zero());
+                lse[i0 + r] = m * scale + sum.ln();
+            }
+            let p_b = MatRef::rows(&*p, i1 - i0, sb);
+            let v_b = MatRef::rows(&vh[..sb * d], sb, d);
+            T::product(prec, &mut o[i0 * d..i1 * d], p_b, v_b, false)?;
+        }
+        Ok(())
+    }
+}
+
+simd_kernel! {
+    /// The backward for one (batch, KV head) `group` and the query heads that share it: writes
+    /// their `dq` and this KV head's `dk`, `dv` (all zero-initialised).
+    fn bwd_group<T: ProductReal>(
+        grads: (&mut [T], &mut [T], &mut [T]),
+        group: usize,
+        qkv: (&[T], &[T], &[T]),
+        saved: (&[T], &[T], &[T]),
+        dims: Dims,
+        offset: usize,
+        prec: MatmulPrecision,
+    ) -> Result<()> {
+        let (dq, dk, dv) = grads;
+        let ((q, k, v), (o, g, lse)) = (qkv, saved);
+        let (rep, Dims { t, s, d, .. }) = (dims.rep(), dims);
+        let scale = T::from_f64(1.0 / (d as f64).sqrt());
+        // One (batch, KV head) and its `rep` query heads, which are contiguous in q.
+        let (kh, vh) = (&k[group * s * d..][..s * d], &v[group * s * d..][..s * d]);
+        let mut p = vec![T::zero(); BLOCK.min(t) * s];
+        let mut ds = vec![T::zero(); BLOCK.min(t) * s];
+        for (r_head, dq) in dq.chunks_mut(t * d).enumerate() {
+            let head = group * rep + r_head;
+            let span = head * t * d..(head + 1) * t * d;
+            let (qh, oh, gh) = (&q[span.clone()], &o[span.clone()], &g[span]);
+            let lse = &lse[head * t..][..t];
+            for (i0, i1, sb) in blocks(t, offset) {
+                let bq = i1 - i0;
+                let (p, ds) = (&mut p[..bq * sb], &mut ds[..bq * sb]);
+                let q_b = MatRef::rows(&qh[i0 * d..i1 * d], bq, d);
+                let g_b = MatRef::rows(&gh[i0 * d..i1 * d], bq, d);
+                // P = exp(scale Q_b K^T - lse), 0 where masked.
+                let k_t = MatRef::transposed(&kh[..sb * d], d, sb);
+                T::product(prec, p, q_b, k_t, false)?;
+                for (r, row) in p.chunks_mut(sb).enumerate() {
+                    let (live, dead) = row.split_at_mut(offset + i0 + r + 1);
+                    let l = lse[i0 + r];
+                    live.iter_mut().for_each(|x| *x = (*x * scale - l).exp());
+                    dead.fill(T::zero());
+                }
+                // dV += P^T dO_b
+                let p_t = MatRef::transposed(&*p, sb, bq);
+                T::product(prec, &mut dv[..sb * d], p_t, g_b, true)?;
+                // scale dS = scale P * (dO_b V^T - rowsum(dO_b * O_b))
+                let v_t = MatRef::transposed(&vh[..sb * d], d, sb);
+                T::product(prec, ds, g_b, v_t, false)?;
+                for (r, (ds, p)) in ds.chunks_mut(sb).zip(p.chunks(sb)).enumerate() {
+                    let i = i0 + r;
+                    let di = sum_map2(&gh[i * d..][..d], &oh[i * d..][..d], |a, b| a * b);
+                    for (ds, &p) in ds.iter_mut().zip(p) {
+                        *ds = p * (*ds - di) * scale;
+                    }
+                }
+                // dQ_b = (scale dS) K;  dK += (scale dS)^T Q_b
+                let ds_b = MatRef::rows(&*ds, bq, sb);
+                let k_b = MatRef::rows(&kh[..sb * d], sb, d);
+                T::product(prec, &mut dq[i0 * d..i1 * d], ds_b, k_b, false)?;
+                let ds_t = MatRef::transposed(&*ds, sb, bq);
+                T::product(prec, &mut dk[..sb * d], ds_t, q_b, true)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl CustomOp3 for AttentionOp {
     fn name(&self) -> &'static str {
         NAME
@@ -274,7 +311,7 @@ impl CustomOp3 for AttentionOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = Dims::of(l1.dims(), l2.dims(), l3.dims(), self.offset)?;
-        fn run<T: Real>(
+        fn run<T: ProductReal>(
             op: &AttentionOp,
             (s1, l1, s2, l2, s3, l3): (
                 &CpuStorage,
@@ -327,6 +364,21 @@ impl CustomOp3 for AttentionOp {
 /// # Shapes
 /// - `q`: `(B, H, T, D)`; `k`, `v`: `(B, Hkv, S, D)` with `S = offset + T`; returns `(B, H, T, D)`.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
+    causal_attention_with(q, k, v, offset, MatmulPrecision::F32)
+}
+
+/// [`causal_attention`] with the tiled kernel's matrix products at `prec` (the decode kernel
+/// always computes in full precision).
+///
+/// # Shapes
+/// As [`causal_attention`].
+pub fn causal_attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    offset: usize,
+    prec: MatmulPrecision,
+) -> Result<Tensor> {
     let dims = Dims::of(q.dims(), k.dims(), v.dims(), offset)?;
     if offset > 0 && dims.t <= DECODE_MAX_T {
         let rows = |x: &Tensor| match x.stride().last() {
@@ -342,6 +394,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Re
         &v.contiguous()?,
         AttentionOp {
             offset,
+            prec,
             lse: OnceLock::new(),
         },
     )

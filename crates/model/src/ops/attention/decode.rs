@@ -316,6 +316,7 @@ impl CustomOp3 for DecodeOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let tiled = AttentionOp {
             offset: self.offset,
+            prec: MatmulPrecision::F32,
             lse: OnceLock::new(),
         };
         tiled.bwd(q, k, v, res, grad)
