@@ -357,9 +357,11 @@ impl Gpt {
         &self.cfg
     }
 
-    /// The model with every linear layer's matrix products (forward and backward) at `prec`:
-    /// [`ops::MatmulPrecision::Bf16`] is bf16 autocast for the linears (f32 weights, f32
-    /// accumulation); embeddings, norms, attention and the loss stay f32.
+    /// The model with every matrix product (forward and backward) at `prec`: the linear layers'
+    /// and those inside the training attention kernel. [`ops::MatmulPrecision::Bf16`] is what
+    /// PyTorch's bf16 autocast does to `F.linear` and `scaled_dot_product_attention` (bf16
+    /// operands, f32 accumulation, f32 weights); embeddings, norms, softmax, the KV-cached decode
+    /// kernel and the loss stay f32.
     pub fn with_matmul_precision(mut self, prec: ops::MatmulPrecision) -> Gpt {
         for block in &mut self.blocks {
             let a = &mut block.attn;
@@ -387,7 +389,7 @@ impl Gpt {
         self
     }
 
-    /// The precision of the linear layers' matrix products (see [`Gpt::with_matmul_precision`]).
+    /// The precision of the model's matrix products (see [`Gpt::with_matmul_precision`]).
     pub fn matmul_precision(&self) -> ops::MatmulPrecision {
         self.lm_head.prec
     }

@@ -267,6 +267,14 @@ impl<'a> CpuView<'a> {
         Ok(Self { guard, layout, op })
     }
 
+    /// The tensor's storage and layout (for kernels that read through strides).
+    pub(crate) fn storage(&self) -> Result<(&CpuStorage, &Layout)> {
+        match &*self.guard {
+            Storage::Cpu(cpu) => Ok((cpu, self.layout)),
+            _ => bail!("{}: fused kernel got a non-CPU tensor", self.op),
+        }
+    }
+
     /// The tensor's elements, row-major.
     pub(crate) fn slice<T: WithDType>(&self) -> Result<&[T]> {
         match &*self.guard {
@@ -421,6 +429,26 @@ impl<'a, T> MatRef<'a, T> {
             cols,
             rs: 1,
             cs: rows,
+        }
+    }
+
+    /// Rows `r0..r1` of this matrix.
+    pub(crate) fn row_block(self, r0: usize, r1: usize) -> Self {
+        Self {
+            data: &self.data[r0 * self.rs..],
+            rows: r1 - r0,
+            ..self
+        }
+    }
+
+    /// The transpose (the same elements, strides swapped).
+    pub(crate) fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
         }
     }
 

@@ -53,10 +53,9 @@ impl LinearOp {
         let y = match b {
             Some((s, l)) => {
                 let bs = slice::<T>(s, l, NAME)?;
-                let mut y = Vec::with_capacity(n * m);
-                for _ in 0..n {
-                    y.extend_from_slice(bs);
-                }
+                let mut y = output_vec(n * m);
+                y.par_chunks_mut(rows_per_task(m) * m)
+                    .for_each(|rows| rows.chunks_mut(m).for_each(|r| r.copy_from_slice(bs)));
                 T::product(self.prec, &mut y, x, wt, true)?;
                 y
             }
