@@ -214,7 +214,7 @@ impl AttentionOp {
                 let (bi, hi) = (bh / h, bh % h);
                 let mut o = output_vec(t * d);
                 let (kh, vh) = (k.head(bi, hi / rep, s), v.head(bi, hi / rep, s));
-                fwd_head(&mut o, lse, q.head(bi, hi, t), kh, vh, dims, offset, prec)?;
+                fwd_head(&mut o, lse, q.head(bi, hi, t), kh, vh, dims, (offset, prec))?;
                 // SAFETY: row i of this head is element ((bi·T + i)·H + hi)·D of the
                 // (B, T, H, D) output, inside it, and written by this task alone.
                 unsafe { shared.scatter_rows(&o, d, (bi * t * h + hi) * d, h * d) };
@@ -244,7 +244,7 @@ impl AttentionOp {
         (0..b * hkv).into_par_iter().try_for_each(|group| {
             let (bi, hk) = (group / hkv, group % hkv);
             let at = (bi, hk, hkv);
-            bwd_group(&shared, at, qkv, (o, g), lse, dims, offset, prec)
+            bwd_group(&shared, at, qkv, (o, g), lse, dims, (offset, prec))
         })?;
         Ok((dq, dk, dv))
     }
@@ -307,7 +307,7 @@ impl AttentionOp {
 simd_kernel! {
     /// The forward for one query head: `o` (contiguous `T x D`) and `lse` receive its output
     /// rows and log-sum-exps; `qh` are its queries, `kh` and `vh` the keys and values of its KV
-    /// head.
+    /// head; `how` is the query offset and the precision of the products.
     fn fwd_head<T: ProductReal>(
         o: &mut [T],
         lse: &mut [T],
@@ -315,10 +315,9 @@ simd_kernel! {
         kh: MatRef<'_, T>,
         vh: MatRef<'_, T>,
         dims: Dims,
-        offset: usize,
-        prec: MatmulPrecision,
+        how: (usize, MatmulPrecision),
     ) -> Result<()> {
-        let Dims { t, s, d, .. } = dims;
+        let (Dims { t, s, d, .. }, (offset, prec)) = (dims, how);
         let scale = T::from_f64(1.0 / (d as f64).sqrt());
         let mut p = output_vec(BLOCK.min(t) * s);
         for (i0, i1, sb) in blocks(t, offset) {
@@ -346,7 +345,8 @@ simd_kernel! {
 simd_kernel! {
     /// The backward for one (batch row, KV head) group `(bi, hk, Hkv)` and the query heads that
     /// share it: writes their rows of `dq` and this KV head's rows of `dk` and `dv`
-    /// (`shared`, in `(B, T, H, D)` and `(B, S, Hkv, D)` order), which no other group writes.
+    /// (`shared`, in `(B, T, H, D)` and `(B, S, Hkv, D)` order), which no other group writes;
+    /// `how` is the query offset and the precision of the products.
     fn bwd_group<T: ProductReal>(
         shared: &(SharedOut<T>, SharedOut<T>, SharedOut<T>),
         at: (usize, usize, usize),
@@ -354,9 +354,9 @@ simd_kernel! {
         og: (&StridedRows<'_, T>, &StridedRows<'_, T>),
         lse: &[T],
         dims: Dims,
-        offset: usize,
-        prec: MatmulPrecision,
+        how: (usize, MatmulPrecision),
     ) -> Result<()> {
+        let (offset, prec) = how;
         let ((bi, hk, hkv), (q, k, v), (o, g)) = (at, qkv, og);
         let (rep, Dims { h, t, s, d, .. }) = (dims.rep(), dims);
         let scale = T::from_f64(1.0 / (d as f64).sqrt());
