@@ -389,6 +389,16 @@ impl Gpt {
         self
     }
 
+    /// The model with only the training attention kernel's own products at `prec` (the linear
+    /// layers keep theirs). For a model whose outputs are compared with KV-cached decoding, whose
+    /// attention kernel computes in f32 (PPO's policy and reference).
+    pub fn with_attention_precision(mut self, prec: ops::MatmulPrecision) -> Gpt {
+        for block in &mut self.blocks {
+            block.attn.prec = prec;
+        }
+        self
+    }
+
     /// The precision of the model's matrix products (see [`Gpt::with_matmul_precision`]).
     pub fn matmul_precision(&self) -> ops::MatmulPrecision {
         self.lm_head.prec
