@@ -146,6 +146,9 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// The precision of the attention kernel's own products (those of the projections live in
+    /// each [`Linear`]).
+    prec: ops::MatmulPrecision,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
@@ -159,6 +162,7 @@ impl Attention {
             k_proj: linear(c, cfg.n_kv_head * hd, cfg.bias, vb.pp("k_proj"))?,
             v_proj: linear(c, cfg.n_kv_head * hd, cfg.bias, vb.pp("v_proj"))?,
             o_proj: linear(cfg.n_head * hd, c, cfg.bias, vb.pp("o_proj"))?,
+            prec: ops::MatmulPrecision::F32,
             n_head: cfg.n_head,
             n_kv_head: cfg.n_kv_head,
             head_dim: hd,
@@ -206,7 +210,7 @@ impl Attention {
             }
             None => (k, v),
         };
-        let y = ops::causal_attention(&q, &k, &v, offset)?; // (B, H, T, D)
+        let y = ops::causal_attention_with(&q, &k, &v, offset, self.prec)?; // (B, H, T, D)
         let y = y
             .transpose(1, 2)?
             .reshape((b, t, self.n_head * self.head_dim))?; // (B, T, H * D)
@@ -353,15 +357,18 @@ impl Gpt {
         &self.cfg
     }
 
-    /// The model with every linear layer's matrix products (forward and backward) at `prec`:
-    /// [`ops::MatmulPrecision::Bf16`] is bf16 autocast for the linears (f32 weights, f32
-    /// accumulation); embeddings, norms, attention and the loss stay f32.
+    /// The model with every matrix product (forward and backward) at `prec`: the linear layers'
+    /// and those inside the training attention kernel. [`ops::MatmulPrecision::Bf16`] is what
+    /// PyTorch's bf16 autocast does to `F.linear` and `scaled_dot_product_attention` (bf16
+    /// operands, f32 accumulation, f32 weights); embeddings, norms, softmax, the KV-cached decode
+    /// kernel and the loss stay f32.
     pub fn with_matmul_precision(mut self, prec: ops::MatmulPrecision) -> Gpt {
         for block in &mut self.blocks {
             let a = &mut block.attn;
             for l in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
                 l.prec = prec;
             }
+            a.prec = prec;
             match &mut block.mlp {
                 Mlp::Gelu { fc, proj } => {
                     fc.prec = prec;
@@ -382,7 +389,17 @@ impl Gpt {
         self
     }
 
-    /// The precision of the linear layers' matrix products (see [`Gpt::with_matmul_precision`]).
+    /// The model with only the training attention kernel's own products at `prec` (the linear
+    /// layers keep theirs). For a model whose outputs are compared with KV-cached decoding, whose
+    /// attention kernel computes in f32 (PPO's policy and reference).
+    pub fn with_attention_precision(mut self, prec: ops::MatmulPrecision) -> Gpt {
+        for block in &mut self.blocks {
+            block.attn.prec = prec;
+        }
+        self
+    }
+
+    /// The precision of the model's matrix products (see [`Gpt::with_matmul_precision`]).
     pub fn matmul_precision(&self) -> ops::MatmulPrecision {
         self.lm_head.prec
     }

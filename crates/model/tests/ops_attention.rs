@@ -7,7 +7,7 @@ mod ops_common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use chatforge_data::rng::Rng;
-use chatforge_model::ops::{self, composed, fused};
+use chatforge_model::ops::{self, composed, fused, MatmulPrecision};
 use ops_common::*;
 
 /// `(B, H, Hkv, T, offset, D)`.
@@ -172,4 +172,96 @@ fn bad_shapes_are_errors() {
     assert!(
         ops::causal_attention(&z(&[1, 2, 2, 4]), &z(&[1, 2, 2, 4]), &z(&[1, 1, 2, 4]), 0).is_err()
     );
+}
+
+/// `‖a − b‖ / ‖b‖` over all elements.
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (values(a), values(b));
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}
+
+/// bf16 products: the forward equals an f64 evaluation of the same recipe (`Q`, `K`, `V` and the
+/// probabilities rounded to bf16 before their products, everything else exact) to f32
+/// accumulation accuracy, while it differs from the f32 kernel by bf16 rounding; the gradients
+/// stay within bf16 accuracy of the f32 kernel's.
+#[test]
+fn bf16_products_round_the_operands_of_every_product() {
+    use chatforge_model::ops::gemm::round_bf16;
+    let mut rng = Rng::new(7);
+    // Two query blocks without an offset, and a chunk after a cached prefix, with GQA.
+    for (b, h, hkv, t, offset, d) in [(1, 2, 1, 70, 0, 16), (2, 4, 2, 20, 5, 8)] {
+        let [q, k, v] = qkv(&mut rng, (b, h, hkv, t, offset, d), DType::F32);
+        let what = format!("H={h} Hkv={hkv} T={t} offset={offset}");
+        let bf16 = fused::causal_attention_with(&q, &k, &v, offset, MatmulPrecision::Bf16).unwrap();
+        let f32 = fused::causal_attention(&q, &k, &v, offset).unwrap();
+
+        // The reference, in f64 on bf16-rounded operands.
+        let s = offset + t;
+        let round = |x: &Tensor| -> Vec<f64> {
+            let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            x.iter().map(|&v| f64::from(round_bf16(v))).collect()
+        };
+        let (qr, kr, vr) = (round(&q), round(&k), round(&v));
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut want = vec![0.0f64; b * h * t * d];
+        for bi in 0..b {
+            for hi in 0..h {
+                let kv = (bi * hkv + hi / (h / hkv)) * s * d;
+                let qh = (bi * h + hi) * t * d;
+                for i in 0..t {
+                    let live = offset + i + 1;
+                    let scores: Vec<f64> = (0..live)
+                        .map(|j| {
+                            let dot: f64 = (0..d)
+                                .map(|c| qr[qh + i * d + c] * kr[kv + j * d + c])
+                                .sum();
+                            dot * scale
+                        })
+                        .collect();
+                    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for (j, e) in e.iter().enumerate() {
+                        let p = f64::from(round_bf16((e / sum) as f32));
+                        for c in 0..d {
+                            want[qh + i * d + c] += p * vr[kv + j * d + c];
+                        }
+                    }
+                }
+            }
+        }
+        let want = Tensor::from_vec(want, bf16.dims(), &Device::Cpu).unwrap();
+        let err = rel_err(&bf16, &want);
+        assert!(
+            err < 1e-5,
+            "{what}: bf16 forward vs its f64 recipe: {err:.2e}"
+        );
+        let diff = rel_err(&bf16, &f32);
+        assert!(
+            (1e-4..2e-2).contains(&diff),
+            "{what}: bf16 vs f32 forward differ by {diff:.2e}, want bf16 rounding (1e-4 to 2e-2)"
+        );
+
+        // Gradients: within bf16 accuracy of the f32 kernel's.
+        let ins = [q, k, v];
+        let (_, g16) = forward_backward(
+            &ins,
+            |x| fused::causal_attention_with(&x[0], &x[1], &x[2], offset, MatmulPrecision::Bf16),
+            11,
+        );
+        let (_, g32) = forward_backward(
+            &ins,
+            |x| fused::causal_attention(&x[0], &x[1], &x[2], offset),
+            11,
+        );
+        for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(g16.iter().zip(&g32)) {
+            let err = rel_err(a, b);
+            assert!(
+                (1e-4..3e-2).contains(&err),
+                "{what}: bf16 {name} vs f32: {err:.2e}, want bf16 rounding (1e-4 to 3e-2)"
+            );
+        }
+    }
 }

@@ -1,11 +1,12 @@
 //! The fused kernels are bitwise reproducible whatever the number of threads (TESTING.md family
-//! 5): every parallel reduction runs in an order fixed by the shapes alone.
+//! 5): every parallel reduction runs in an order fixed by the shapes alone. Nor do they depend on
+//! the vector unit their loops were compiled for.
 
 mod ops_common;
 
 use candle_core::{DType, Device, Tensor};
 use chatforge_data::rng::Rng;
-use chatforge_model::ops::{fused, IGNORE_INDEX};
+use chatforge_model::ops::{self, fused, MatmulPrecision, Simd, IGNORE_INDEX};
 use ops_common::*;
 
 /// Outputs and gradients of every fused op on fixed inputs, flattened.
@@ -58,12 +59,27 @@ fn run_all() -> Vec<f64> {
     let q = randn(&mut rng, &[2, 4, 100, 16], 1.0, DType::F32);
     let k = randn(&mut rng, &[2, 2, 103, 16], 1.0, DType::F32);
     let v = randn(&mut rng, &[2, 2, 103, 16], 1.0, DType::F32);
+    let qkv = [q, k, v];
     push(forward_backward(
-        &[q, k, v],
+        &qkv,
         |t| fused::causal_attention(&t[0], &t[1], &t[2], 3),
         8,
     ));
+    push(forward_backward(
+        &qkv,
+        |t| fused::causal_attention_with(&t[0], &t[1], &t[2], 3, MatmulPrecision::Bf16),
+        9,
+    ));
     all
+}
+
+/// The number of values whose bits differ.
+fn differing(a: &[f64], b: &[f64]) -> usize {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count()
 }
 
 #[test]
@@ -76,14 +92,30 @@ fn fused_kernels_are_bitwise_reproducible_across_thread_counts() {
     };
     let one = pool(1).install(run_all);
     let three = pool(3).install(run_all);
-    assert_eq!(one.len(), three.len());
-    let differing = one
-        .iter()
-        .zip(&three)
-        .filter(|(a, b)| a.to_bits() != b.to_bits())
-        .count();
-    assert_eq!(
-        differing, 0,
-        "{differing} values differ between 1 and 3 threads"
-    );
+    let n = differing(&one, &three);
+    assert_eq!(n, 0, "{n} values differ between 1 and 3 threads");
+}
+
+/// The element-wise and row-wise loops are compiled for AVX-512, AVX2 and the baseline target and
+/// the widest one the CPU has runs (`ops::Simd`). All of them compute the same bits. (Another
+/// test in this binary may run meanwhile at a capped width: by this very property it gets the
+/// same results.)
+#[test]
+fn fused_kernels_compute_the_same_bits_at_every_vector_width() {
+    let widest = ops::limit_simd(Simd::Avx512);
+    let reference = run_all();
+    let mut checked = vec![widest];
+    for cap in [Simd::Avx2, Simd::Baseline] {
+        let used = ops::limit_simd(cap);
+        if checked.contains(&used) {
+            continue;
+        }
+        let n = differing(&reference, &run_all());
+        assert_eq!(n, 0, "{n} values differ between {widest:?} and {used:?}");
+        checked.push(used);
+    }
+    ops::limit_simd(Simd::Avx512);
+    if checked.len() == 1 {
+        eprintln!("SKIPPED (in part): this CPU has only the {widest:?} vector unit");
+    }
 }

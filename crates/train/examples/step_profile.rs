@@ -25,12 +25,12 @@ fn main() -> anyhow::Result<()> {
         Some("cuda") => Device::new_cuda(0)?,
         _ => Device::Cpu,
     };
-    let cfg = GptConfig::preset(&preset, 2048).unwrap();
+    let cfg = GptConfig::preset(&preset, 4096).unwrap(); // bench train's vocabulary
     let params = Params::init(&cfg, 1, &device)?;
     let model = Gpt::new(&cfg, params.var_builder(DType::F32))?.with_matmul_precision(prec);
     let vars = var_map(&params);
     let (b, t) = (8, cfg.context_length);
-    let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 2048) as u32).collect();
+    let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 4096) as u32).collect();
     let x = Tensor::from_vec(ids.clone(), (b, t), &device)?;
     let y = Tensor::from_vec(ids, (b, t), &device)?;
     let mut opt = AdamW::new(OptimConfig::default());

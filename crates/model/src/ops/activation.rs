@@ -6,7 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{output_vec, slice, CpuView, Real, ELEMS_PER_TASK};
+use super::cpu::{output_vec, simd_kernel, slice, CpuView, Real, ELEMS_PER_TASK};
 
 /// `sqrt(2 / pi)`.
 const GELU_C: f64 = 0.797_884_560_802_865_4;
@@ -60,12 +60,16 @@ fn map<T: Real>(xs: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     let mut y = output_vec(xs.len());
     y.par_chunks_mut(ELEMS_PER_TASK)
         .zip(xs.par_chunks(ELEMS_PER_TASK))
-        .for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = f(x);
-            }
-        });
+        .for_each(|(y, x)| map_chunk(y, x, &f));
     y
+}
+
+simd_kernel! {
+    fn map_chunk<T: Real>(y: &mut [T], x: &[T], f: &impl Fn(T) -> T) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = f(x);
+        }
+    }
 }
 
 /// `dx = g * f'(x)` element-wise, in parallel.
@@ -76,12 +80,16 @@ fn map_grad<T: Real>(xs: &[T], gs: &[T], df: impl Fn(T) -> T + Sync) -> Vec<T> {
             xs.par_chunks(ELEMS_PER_TASK)
                 .zip(gs.par_chunks(ELEMS_PER_TASK)),
         )
-        .for_each(|(dx, (x, g))| {
-            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                *dx = g * df(x);
-            }
-        });
+        .for_each(|(dx, (x, g))| map_grad_chunk(dx, x, g, &df));
     dx
+}
+
+simd_kernel! {
+    fn map_grad_chunk<T: Real>(dx: &mut [T], x: &[T], g: &[T], df: &impl Fn(T) -> T) {
+        for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+            *dx = g * df(x);
+        }
+    }
 }
 
 impl ActOp {

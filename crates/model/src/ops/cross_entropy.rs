@@ -10,7 +10,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{max, output_vec, rows_per_task, slice, sum_map, CpuView, Real};
+use super::cpu::{max, output_vec, rows_per_task, simd_kernel, slice, sum_map, CpuView, Real};
 use super::IGNORE_INDEX;
 
 /// Saved by the forward pass: each row's log-sum-exp (0 for ignored rows) and the kept count.
@@ -62,21 +62,7 @@ impl CrossEntropyOp {
         let partials: Vec<f64> = lse
             .par_chunks_mut(rpt)
             .zip(xs.par_chunks(rpt * v).zip(ts.par_chunks(rpt)))
-            .map(|(lse, (x, t))| {
-                let mut total = 0.0f64;
-                for ((lse, x), &t) in lse.iter_mut().zip(x.chunks(v)).zip(t) {
-                    if t == IGNORE_INDEX {
-                        continue;
-                    }
-                    let max = max(x);
-                    let sum = sum_map(x, |v| (v - max).exp());
-                    let log_sum = sum.ln();
-                    *lse = max + log_sum;
-                    // -log p(t) = -((x_t - max) - ln sum)
-                    total += ((max - x[t as usize]) + log_sum).to_f64();
-                }
-                total
-            })
+            .map(|(lse, (x, t))| loss_rows(lse, x, t, v))
             .collect();
         let loss = if count == 0 {
             0.0
@@ -128,20 +114,46 @@ impl CrossEntropyOp {
         dx.par_chunks_mut(rpt * v)
             .zip(xs.par_chunks(rpt * v))
             .zip(ts.par_chunks(rpt).zip(lse.par_chunks(rpt)))
-            .for_each(|((dx, x), (t, lse))| {
-                let rows = dx.chunks_mut(v).zip(x.chunks(v));
-                for ((dx, x), (&t, &lse)) in rows.zip(t.iter().zip(lse)) {
-                    if t == IGNORE_INDEX {
-                        dx.fill(T::zero());
-                        continue;
-                    }
-                    for (dx, &x) in dx.iter_mut().zip(x) {
-                        *dx = (x - lse).exp() * scale;
-                    }
-                    dx[t as usize] -= scale;
-                }
-            });
+            .for_each(|((dx, x), (t, lse))| grad_rows(dx, x, t, lse, v, scale));
         Tensor::from_vec(dx, (n, v), logits.device())
+    }
+}
+
+simd_kernel! {
+    /// The forward for the rows of one task (rows of `v` logits): writes each kept row's
+    /// log-sum-exp and returns the sum of the kept rows' losses.
+    fn loss_rows<T: Real>(lse: &mut [T], x: &[T], t: &[u32], v: usize) -> f64 {
+        let mut total = 0.0f64;
+        for ((lse, x), &t) in lse.iter_mut().zip(x.chunks(v)).zip(t) {
+            if t == IGNORE_INDEX {
+                continue;
+            }
+            let max = max(x);
+            let sum = sum_map(x, |v| (v - max).exp());
+            let log_sum = sum.ln();
+            *lse = max + log_sum;
+            // -log p(t) = -((x_t - max) - ln sum)
+            total += ((max - x[t as usize]) + log_sum).to_f64();
+        }
+        total
+    }
+}
+
+simd_kernel! {
+    /// The backward for the rows of one task: `dx = (softmax(x) - onehot(t)) scale`, zero rows
+    /// for ignored targets.
+    fn grad_rows<T: Real>(dx: &mut [T], x: &[T], t: &[u32], lse: &[T], v: usize, scale: T) {
+        let rows = dx.chunks_mut(v).zip(x.chunks(v));
+        for ((dx, x), (&t, &lse)) in rows.zip(t.iter().zip(lse)) {
+            if t == IGNORE_INDEX {
+                dx.fill(T::zero());
+                continue;
+            }
+            for (dx, &x) in dx.iter_mut().zip(x) {
+                *dx = (x - lse).exp() * scale;
+            }
+            dx[t as usize] -= scale;
+        }
     }
 }
 
@@ -149,14 +161,19 @@ impl CrossEntropyOp {
 fn recompute_lse<T: Real>(xs: &[T], ts: &[u32], v: usize) -> Vec<T> {
     xs.par_chunks(v)
         .zip(ts.par_iter())
-        .map(|(x, &t)| {
-            if t == IGNORE_INDEX {
-                return T::zero();
-            }
-            let max = max(x);
-            max + sum_map(x, |v| (v - max).exp()).ln()
-        })
+        .map(|(x, &t)| row_lse(x, t))
         .collect()
+}
+
+simd_kernel! {
+    /// One row's log-sum-exp, 0 for an ignored row.
+    fn row_lse<T: Real>(x: &[T], t: u32) -> T {
+        if t == IGNORE_INDEX {
+            return T::zero();
+        }
+        let max = max(x);
+        max + sum_map(x, |v| (v - max).exp()).ln()
+    }
 }
 
 impl CustomOp2 for CrossEntropyOp {

@@ -55,6 +55,8 @@
 
 use candle_core::{bail, Result};
 
+use super::cpu::{self, MatRef as CpuMatRef, Real};
+
 /// How an f32 matrix product is computed, like PyTorch's `torch.set_float32_matmul_precision`:
 /// `F32` in full precision; `Bf16` with both inputs rounded to bf16 (round to nearest even) and
 /// the products accumulated in f32, which is what bf16 autocast does to a matmul.
@@ -222,6 +224,56 @@ pub fn matmul_with(
             }
             matmul_bf16_fallback(a, b, c, ldc, accumulate)
         }
+    }
+}
+
+/// The float types of the fused kernels' matrix products: f32 runs through [`matmul`] at the
+/// chosen precision; f64 (gradient checks only) through the single-threaded [`cpu::matmul`],
+/// always in full precision.
+pub(crate) trait ProductReal: Real {
+    /// `dst = a·b`, or `dst += a·b` when `accumulate`; `dst` is row-major with `b.cols` columns.
+    fn product(
+        prec: MatmulPrecision,
+        dst: &mut [Self],
+        a: CpuMatRef<'_, Self>,
+        b: CpuMatRef<'_, Self>,
+        accumulate: bool,
+    ) -> Result<()>;
+}
+
+impl ProductReal for f32 {
+    fn product(
+        prec: MatmulPrecision,
+        dst: &mut [f32],
+        a: CpuMatRef<'_, f32>,
+        b: CpuMatRef<'_, f32>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let n = b.cols;
+        matmul(prec, view(a), view(b), dst, n, accumulate)
+    }
+}
+
+/// The same matrix view in this module's type.
+fn view(m: CpuMatRef<'_, f32>) -> MatRef<'_> {
+    MatRef {
+        data: m.data,
+        rows: m.rows,
+        cols: m.cols,
+        rs: m.rs,
+        cs: m.cs,
+    }
+}
+
+impl ProductReal for f64 {
+    fn product(
+        _prec: MatmulPrecision,
+        dst: &mut [f64],
+        a: CpuMatRef<'_, f64>,
+        b: CpuMatRef<'_, f64>,
+        accumulate: bool,
+    ) -> Result<()> {
+        cpu::matmul(dst, a, b, 1.0, accumulate)
     }
 }
 

@@ -18,57 +18,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{self, output_vec, rows_per_task, slice, CpuView, MatRef, Real};
-use super::gemm::{self, MatmulPrecision};
-
-/// The float types of the fused linear: f32 runs through [`gemm::matmul`] at the chosen
-/// precision; f64 (gradient checks only) through the single-threaded [`cpu::matmul`], always in
-/// full precision.
-trait LinearReal: Real {
-    fn product(
-        prec: MatmulPrecision,
-        dst: &mut [Self],
-        a: MatRef<'_, Self>,
-        b: MatRef<'_, Self>,
-        accumulate: bool,
-    ) -> Result<()>;
-}
-
-impl LinearReal for f32 {
-    fn product(
-        prec: MatmulPrecision,
-        dst: &mut [f32],
-        a: MatRef<'_, f32>,
-        b: MatRef<'_, f32>,
-        accumulate: bool,
-    ) -> Result<()> {
-        let n = b.cols;
-        gemm::matmul(prec, view(a), view(b), dst, n, accumulate)
-    }
-}
-
-/// The same matrix view in [`gemm`]'s type.
-fn view(m: MatRef<'_, f32>) -> gemm::MatRef<'_> {
-    gemm::MatRef {
-        data: m.data,
-        rows: m.rows,
-        cols: m.cols,
-        rs: m.rs,
-        cs: m.cs,
-    }
-}
-
-impl LinearReal for f64 {
-    fn product(
-        _prec: MatmulPrecision,
-        dst: &mut [f64],
-        a: MatRef<'_, f64>,
-        b: MatRef<'_, f64>,
-        accumulate: bool,
-    ) -> Result<()> {
-        cpu::matmul(dst, a, b, 1.0, accumulate)
-    }
-}
+use super::cpu::{output_vec, rows_per_task, slice, CpuView, MatRef, Real};
+use super::gemm::{MatmulPrecision, ProductReal};
 
 /// `y = x Wᵀ (+ b)` for a 2-D `x`.
 struct LinearOp {
@@ -89,7 +40,7 @@ fn dims(x: &[usize], w: &[usize], b: Option<&[usize]>) -> Result<(usize, usize, 
 }
 
 impl LinearOp {
-    fn fwd<T: LinearReal>(
+    fn fwd<T: ProductReal>(
         &self,
         x: (&CpuStorage, &Layout),
         w: (&CpuStorage, &Layout),
@@ -102,10 +53,9 @@ impl LinearOp {
         let y = match b {
             Some((s, l)) => {
                 let bs = slice::<T>(s, l, NAME)?;
-                let mut y = Vec::with_capacity(n * m);
-                for _ in 0..n {
-                    y.extend_from_slice(bs);
-                }
+                let mut y = output_vec(n * m);
+                y.par_chunks_mut(rows_per_task(m) * m)
+                    .for_each(|rows| rows.chunks_mut(m).for_each(|r| r.copy_from_slice(bs)));
                 T::product(self.prec, &mut y, x, wt, true)?;
                 y
             }
@@ -128,7 +78,7 @@ impl LinearOp {
     }
 
     /// Returns `(dx, dW, db)`; `db` only when `with_bias`.
-    fn bwd<T: LinearReal>(
+    fn bwd<T: ProductReal>(
         &self,
         x: &Tensor,
         w: &Tensor,
@@ -185,7 +135,7 @@ impl LinearOp {
 
 /// `A·B` into a new row-major vector. The product writes every element when the inner dimension
 /// is at least 1, so the vector is only zero-filled when it is 0.
-fn product<T: LinearReal>(
+fn product<T: ProductReal>(
     prec: MatmulPrecision,
     a: MatRef<'_, T>,
     b: MatRef<'_, T>,

@@ -38,6 +38,8 @@ mod norm;
 mod softmax;
 
 use cpu::fused_ok;
+#[doc(hidden)]
+pub use cpu::{limit_simd, Simd};
 pub use gemm::MatmulPrecision;
 
 /// The fused CPU kernels, callable directly (tests and benchmarks compare them with [`composed`]).
@@ -45,7 +47,7 @@ pub use gemm::MatmulPrecision;
 /// [`crate::ops`] choose between them and [`composed`].
 pub mod fused {
     pub use super::activation::{gelu, silu};
-    pub use super::attention::causal_attention;
+    pub use super::attention::{causal_attention, causal_attention_with};
     pub use super::cross_entropy::cross_entropy;
     pub use super::linear::linear;
     pub use super::norm::{layer_norm, rms_norm};
@@ -241,6 +243,27 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
     if fused_ok(&[q, k, v]) && q.elem_count() > 0 {
         attention::causal_attention(q, k, v, offset)
+    } else {
+        composed::causal_attention(q, k, v, offset)
+    }
+}
+
+/// [`causal_attention`] with its matrix products at `prec`. Under [`MatmulPrecision::Bf16`], every
+/// product of the fused training kernel (`Q Kᵀ`, `P V` and the four of the backward) takes
+/// bf16-rounded operands and accumulates in f32, as PyTorch's attention does on the bf16 tensors
+/// of autocast; the KV-cached decode kernel and the composed version stay in full precision.
+///
+/// # Shapes
+/// As [`causal_attention`].
+pub fn causal_attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    offset: usize,
+    prec: MatmulPrecision,
+) -> Result<Tensor> {
+    if fused_ok(&[q, k, v]) && q.elem_count() > 0 {
+        attention::causal_attention_with(q, k, v, offset, prec)
     } else {
         composed::causal_attention(q, k, v, offset)
     }

@@ -9,7 +9,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result,
 use rayon::prelude::*;
 
 use super::cpu::{
-    output_vec, rows_and_len, rows_per_task, slice, sum_map, sum_map2, CpuView, Real,
+    output_vec, rows_and_len, rows_per_task, simd_kernel, slice, sum_map, sum_map2, CpuView, Real,
 };
 
 /// Per-row statistics saved by a forward pass for its backward: the mean (LayerNorm only) and the
@@ -61,19 +61,7 @@ impl NormOp {
         y.par_chunks_mut(rpt * c)
             .zip(xs.par_chunks(rpt * c))
             .zip(mean.par_chunks(rpt).zip(rstd.par_chunks(rpt)))
-            .for_each(|((y, x), (mean, rstd))| {
-                for (((y, x), &m), &r) in y.chunks_mut(c).zip(x.chunks(c)).zip(mean).zip(rstd) {
-                    let xhat_w = x.iter().zip(ws).map(|(&x, &w)| (x - m) * r * w);
-                    match bs {
-                        Some(bs) => {
-                            for ((y, v), &b) in y.iter_mut().zip(xhat_w).zip(bs) {
-                                *y = v + b;
-                            }
-                        }
-                        None => y.iter_mut().zip(xhat_w).for_each(|(y, v)| *y = v),
-                    }
-                }
-            });
+            .for_each(|((y, x), (mean, rstd))| normalize_rows(y, x, mean, rstd, ws, bs));
         // A second forward through the same op object cannot happen (each call builds one), so an
         // already-set cell is impossible; ignoring the error keeps the first statistics.
         let _ = self.stats.set(Stats {
@@ -138,7 +126,6 @@ impl NormOp {
             bail!("{name}: saved statistics do not match input {:?}", x.dims())
         }
         let rms = self.rms;
-        let inv_c = T::from_f64(1.0 / c as f64);
         let mut dx = output_vec(rows * c);
         let rpt = rows_per_task(c);
         // Each task returns its partial [dw; db] (2c values), summed below in task order.
@@ -146,39 +133,7 @@ impl NormOp {
             .par_chunks_mut(rpt * c)
             .zip(xs.par_chunks(rpt * c).zip(gs.par_chunks(rpt * c)))
             .zip(mean.par_chunks(rpt).zip(rstd.par_chunks(rpt)))
-            .map(|((dx, (x, g)), (mean, rstd))| {
-                let mut acc = vec![T::zero(); 2 * c];
-                let (dw, db) = acc.split_at_mut(c);
-                let (mut xhat, mut gw) = (vec![T::zero(); c], vec![T::zero(); c]);
-                let rows = dx.chunks_mut(c).zip(x.chunks(c)).zip(g.chunks(c));
-                for (((dx, x), g), (&m, &r)) in rows.zip(mean.iter().zip(rstd)) {
-                    for ((xh, gw), ((&x, &g), &w)) in xhat
-                        .iter_mut()
-                        .zip(gw.iter_mut())
-                        .zip(x.iter().zip(g).zip(ws))
-                    {
-                        *xh = (x - m) * r;
-                        *gw = g * w;
-                    }
-                    for (((dw, db), &g), &xh) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&xhat)
-                    {
-                        *dw += g * xh;
-                        *db += g;
-                    }
-                    // LayerNorm: dx = r (gw - mean(gw) - xhat mean(gw xhat)); RMSNorm has no
-                    // mean term (its "mean" is fixed at 0).
-                    let a = if rms {
-                        T::zero()
-                    } else {
-                        sum_map(&gw, |v| v) * inv_c
-                    };
-                    let b = sum_map2(&gw, &xhat, |gw, xh| gw * xh) * inv_c;
-                    for ((dx, &gw), &xh) in dx.iter_mut().zip(&gw).zip(&xhat) {
-                        *dx = r * (gw - a - xh * b);
-                    }
-                }
-                acc
-            })
+            .map(|((dx, (x, g)), (mean, rstd))| norm_grad_rows(dx, x, g, ws, mean, rstd, rms))
             .collect();
         let mut total = vec![T::zero(); 2 * c];
         for p in &partials {
@@ -219,27 +174,111 @@ impl NormOp {
 /// Each row's mean (zeros for RMSNorm) and `1 / sqrt(var + eps)` (`mean(x^2)` for RMSNorm).
 fn row_stats<T: Real>(xs: &[T], c: usize, rms: bool, eps: T) -> (Vec<T>, Vec<T>) {
     let rows = xs.len() / c;
-    let inv_c = T::from_f64(1.0 / c as f64);
     let mut mean = vec![T::zero(); rows];
     let mut rstd = vec![T::zero(); rows];
     let rpt = rows_per_task(c);
     mean.par_chunks_mut(rpt)
         .zip(rstd.par_chunks_mut(rpt))
         .zip(xs.par_chunks(rpt * c))
-        .for_each(|((mean, rstd), x)| {
-            for ((m, r), x) in mean.iter_mut().zip(rstd.iter_mut()).zip(x.chunks(c)) {
-                // The mean is taken around the row's first element, so a constant row has a mean
-                // of exactly that value (and normalises to exactly the bias).
-                let mu = match x.first() {
-                    Some(&x0) if !rms => x0 + sum_map(x, |v| v - x0) * inv_c,
-                    _ => T::zero(),
-                };
-                let var = sum_map(x, |v| (v - mu) * (v - mu)) * inv_c;
-                *m = mu;
-                *r = (var + eps).sqrt().recip();
-            }
-        });
+        .for_each(|((mean, rstd), x)| row_stats_rows(mean, rstd, x, c, rms, eps));
     (mean, rstd)
+}
+
+simd_kernel! {
+    /// [`row_stats`] for the rows of one task.
+    fn row_stats_rows<T: Real>(
+        mean: &mut [T],
+        rstd: &mut [T],
+        x: &[T],
+        c: usize,
+        rms: bool,
+        eps: T,
+    ) {
+        let inv_c = T::from_f64(1.0 / c as f64);
+        for ((m, r), x) in mean.iter_mut().zip(rstd.iter_mut()).zip(x.chunks(c)) {
+            // The mean is taken around the row's first element, so a constant row has a mean
+            // of exactly that value (and normalises to exactly the bias).
+            let mu = match x.first() {
+                Some(&x0) if !rms => x0 + sum_map(x, |v| v - x0) * inv_c,
+                _ => T::zero(),
+            };
+            let var = sum_map(x, |v| (v - mu) * (v - mu)) * inv_c;
+            *m = mu;
+            *r = (var + eps).sqrt().recip();
+        }
+    }
+}
+
+simd_kernel! {
+    /// The forward for the rows of one task: `y = (x - mean) rstd w (+ b)`, rows of `w.len()`.
+    fn normalize_rows<T: Real>(
+        y: &mut [T],
+        x: &[T],
+        mean: &[T],
+        rstd: &[T],
+        ws: &[T],
+        bs: Option<&[T]>,
+    ) {
+        let c = ws.len();
+        for (((y, x), &m), &r) in y.chunks_mut(c).zip(x.chunks(c)).zip(mean).zip(rstd) {
+            let xhat_w = x.iter().zip(ws).map(|(&x, &w)| (x - m) * r * w);
+            match bs {
+                Some(bs) => {
+                    for ((y, v), &b) in y.iter_mut().zip(xhat_w).zip(bs) {
+                        *y = v + b;
+                    }
+                }
+                None => y.iter_mut().zip(xhat_w).for_each(|(y, v)| *y = v),
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// The backward for the rows of one task: writes `dx` and returns this task's partial
+    /// `[dw; db]` (`2 c` values).
+    fn norm_grad_rows<T: Real>(
+        dx: &mut [T],
+        x: &[T],
+        g: &[T],
+        ws: &[T],
+        mean: &[T],
+        rstd: &[T],
+        rms: bool,
+    ) -> Vec<T> {
+        let c = ws.len();
+        let inv_c = T::from_f64(1.0 / c as f64);
+        let mut acc = vec![T::zero(); 2 * c];
+        let (dw, db) = acc.split_at_mut(c);
+        let (mut xhat, mut gw) = (vec![T::zero(); c], vec![T::zero(); c]);
+        let rows = dx.chunks_mut(c).zip(x.chunks(c)).zip(g.chunks(c));
+        for (((dx, x), g), (&m, &r)) in rows.zip(mean.iter().zip(rstd)) {
+            for ((xh, gw), ((&x, &g), &w)) in xhat
+                .iter_mut()
+                .zip(gw.iter_mut())
+                .zip(x.iter().zip(g).zip(ws))
+            {
+                *xh = (x - m) * r;
+                *gw = g * w;
+            }
+            for (((dw, db), &g), &xh) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&xhat) {
+                *dw += g * xh;
+                *db += g;
+            }
+            // LayerNorm: dx = r (gw - mean(gw) - xhat mean(gw xhat)); RMSNorm has no mean term
+            // (its "mean" is fixed at 0).
+            let a = if rms {
+                T::zero()
+            } else {
+                sum_map(&gw, |v| v) * inv_c
+            };
+            let b = sum_map2(&gw, &xhat, |gw, xh| gw * xh) * inv_c;
+            for ((dx, &gw), &xh) in dx.iter_mut().zip(&gw).zip(&xhat) {
+                *dx = r * (gw - a - xh * b);
+            }
+        }
+        acc
+    }
 }
 
 impl CustomOp2 for NormOp {

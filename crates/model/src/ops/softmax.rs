@@ -8,7 +8,8 @@ use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Ten
 use rayon::prelude::*;
 
 use super::cpu::{
-    max, output_vec, rows_and_len, rows_per_task, slice, sum_map, sum_map2, CpuView, Real,
+    max, output_vec, rows_and_len, rows_per_task, simd_kernel, slice, sum_map, sum_map2, CpuView,
+    Real,
 };
 
 /// Softmax (`log == false`) or log-softmax (`log == true`) over the last dimension.
@@ -26,25 +27,7 @@ impl SoftmaxOp {
         let log = self.log;
         y.par_chunks_mut(rpt * c)
             .zip(xs.par_chunks(rpt * c))
-            .for_each(|(y, x)| {
-                for (y, x) in y.chunks_mut(c).zip(x.chunks(c)) {
-                    let max = max(x);
-                    // Separate loops for the map and the sum, so that the map vectorises.
-                    if log {
-                        for (y, &x) in y.iter_mut().zip(x) {
-                            *y = x - max;
-                        }
-                        let lse = sum_map(y, |v| v.exp()).ln();
-                        y.iter_mut().for_each(|y| *y -= lse);
-                    } else {
-                        for (y, &x) in y.iter_mut().zip(x) {
-                            *y = (x - max).exp();
-                        }
-                        let inv = sum_map(y, |v| v).recip();
-                        y.iter_mut().for_each(|y| *y *= inv);
-                    }
-                }
-            });
+            .for_each(|(y, x)| softmax_rows(y, x, c, log));
         Ok((T::to_cpu_storage_owned(y), l.shape().clone()))
     }
 
@@ -66,22 +49,50 @@ impl SoftmaxOp {
         let log = self.log;
         dx.par_chunks_mut(rpt * c)
             .zip(ys.par_chunks(rpt * c).zip(gs.par_chunks(rpt * c)))
-            .for_each(|(dx, (y, g))| {
-                for ((dx, y), g) in dx.chunks_mut(c).zip(y.chunks(c)).zip(g.chunks(c)) {
-                    if log {
-                        let sum = sum_map(g, |v| v);
-                        for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                            *dx = g - y.exp() * sum;
-                        }
-                    } else {
-                        let dot = sum_map2(y, g, |y, g| y * g);
-                        for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                            *dx = y * (g - dot);
-                        }
-                    }
-                }
-            });
+            .for_each(|(dx, (y, g))| softmax_grad_rows(dx, y, g, c, log));
         Tensor::from_vec(dx, res.shape(), res.device())
+    }
+}
+
+simd_kernel! {
+    /// The forward for the rows (of `c` elements) of one task.
+    fn softmax_rows<T: Real>(y: &mut [T], x: &[T], c: usize, log: bool) {
+        for (y, x) in y.chunks_mut(c).zip(x.chunks(c)) {
+            let max = max(x);
+            // Separate loops for the map and the sum, so that the map vectorises.
+            if log {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x - max;
+                }
+                let lse = sum_map(y, |v| v.exp()).ln();
+                y.iter_mut().for_each(|y| *y -= lse);
+            } else {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = (x - max).exp();
+                }
+                let inv = sum_map(y, |v| v).recip();
+                y.iter_mut().for_each(|y| *y *= inv);
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// The backward for the rows of one task, from the output `y` and its gradient `g`.
+    fn softmax_grad_rows<T: Real>(dx: &mut [T], y: &[T], g: &[T], c: usize, log: bool) {
+        for ((dx, y), g) in dx.chunks_mut(c).zip(y.chunks(c)).zip(g.chunks(c)) {
+            if log {
+                let sum = sum_map(g, |v| v);
+                for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                    *dx = g - y.exp() * sum;
+                }
+            } else {
+                let dot = sum_map2(y, g, |y, g| y * g);
+                for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                    *dx = y * (g - dot);
+                }
+            }
+        }
     }
 }
 

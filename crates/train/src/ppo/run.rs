@@ -168,6 +168,18 @@ fn value_dir(out: &Path) -> PathBuf {
     out.join("value")
 }
 
+/// A policy-side model (the policy, the reference, frozen copies for evaluation) at the run's
+/// matmul precision, but with attention's own products in f32: rollout log-probs come from the
+/// engine's KV-cached decode kernel, which computes attention in f32, and the training forward must
+/// match them. (bf16 attention in the training forward alone raised the rollout/training log-prob
+/// mismatch from at most 1.5e-2 to 4.5e-2 on the default speedrun.) The value model, whose
+/// outputs are never compared with decoding, keeps bf16 attention.
+fn policy_precision(model: Gpt, prec: chatforge_model::ops::MatmulPrecision) -> Gpt {
+    model
+        .with_matmul_precision(prec)
+        .with_attention_precision(chatforge_model::ops::MatmulPrecision::F32)
+}
+
 /// Runs (or resumes) PPO on `device` (see [`crate::pretrain::run`]): the policy, its reference,
 /// the value and the reward models all live there; rollouts are sampled there and their
 /// statistics (advantages, returns, KL) computed on the host.
@@ -198,7 +210,7 @@ pub fn run(
     }
     let tok = sft.tokenizer.clone();
     let model_cfg: GptConfig = sft.config.clone();
-    let reference = sft.model.with_matmul_precision(cfg.matmul_precision);
+    let reference = policy_precision(sft.model, cfg.matmul_precision);
     let end = assistant_end(&tok, template)?;
     let pad = tok.special(Special::Eot);
 
@@ -260,8 +272,10 @@ pub fn run(
             (loaded.params, value, state, popt, vopt)
         }
     };
-    let policy = Gpt::new(&model_cfg, policy_params.var_builder(DType::F32))?
-        .with_matmul_precision(cfg.matmul_precision);
+    let policy = policy_precision(
+        Gpt::new(&model_cfg, policy_params.var_builder(DType::F32))?,
+        cfg.matmul_precision,
+    );
     let value = ScalarModel::new(&model_cfg, value_params.var_builder(DType::F32))?
         .with_matmul_precision(cfg.matmul_precision);
     let pvars = var_map(&policy_params);
@@ -361,8 +375,8 @@ pub fn run(
     });
 
     let frozen = |p: &Params| -> chatforge_model::Result<Gpt> {
-        Ok(Gpt::new(&model_cfg, p.frozen_var_builder(DType::F32))?
-            .with_matmul_precision(cfg.matmul_precision))
+        let model = Gpt::new(&model_cfg, p.frozen_var_builder(DType::F32))?;
+        Ok(policy_precision(model, cfg.matmul_precision))
     };
     let evaluate_at = |step: u64| -> Result<PpoEval> {
         evaluate_policy(

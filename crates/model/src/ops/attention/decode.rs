@@ -3,49 +3,6 @@
 
 use super::*;
 
-/// Keys or values addressed through their layout: `(B, Hkv, S, D)` rows of `D` contiguous
-/// elements at any batch, head and position strides (a view of the KV cache's buffers).
-struct StridedRows<'a, T> {
-    data: &'a [T],
-    start: usize,
-    /// Strides of the batch, head and position dimensions.
-    stride: [usize; 3],
-    d: usize,
-}
-
-impl<'a, T: Real> StridedRows<'a, T> {
-    fn new(storage: &'a CpuStorage, layout: &Layout) -> Result<Self> {
-        let (&[b, h, s, d], &[sb, sh, ss, sd]) = (layout.dims(), layout.stride()) else {
-            bail!("{DECODE_NAME}: keys and values must be 4-dimensional")
-        };
-        if sd != 1 && d > 1 {
-            bail!("{DECODE_NAME}: the head dimension must be contiguous, got strides {sb}, {sh}, {ss}, {sd}")
-        }
-        let data = storage.as_slice::<T>()?;
-        let start = layout.start_offset();
-        let last = start + (b - 1) * sb + (h - 1) * sh + (s - 1) * ss + d;
-        if last > data.len() {
-            bail!(
-                "{DECODE_NAME}: layout reaches element {last} of a storage of {}",
-                data.len()
-            )
-        }
-        Ok(Self {
-            data,
-            start,
-            stride: [sb, sh, ss],
-            d,
-        })
-    }
-
-    /// Position `j` of head `h` of batch row `b`: `D` elements.
-    #[inline(always)]
-    fn row(&self, b: usize, h: usize, j: usize) -> &'a [T] {
-        let [sb, sh, ss] = self.stride;
-        &self.data[self.start + b * sb + h * sh + j * ss..][..self.d]
-    }
-}
-
 /// The float types of the decode kernel: [`Real`] with a fused multiply-add and a dot product.
 trait DecodeReal: Real {
     /// `self * b + c` with one rounding.
@@ -294,7 +251,10 @@ impl CustomOp3 for DecodeOp {
             dims: Dims,
         ) -> Result<(CpuStorage, Shape)> {
             let q = slice::<T>(s1, l1, DECODE_NAME)?;
-            let (k, v) = (StridedRows::new(s2, l2)?, StridedRows::new(s3, l3)?);
+            let (k, v) = (
+                StridedRows::new(s2, l2, Order::Bhtd, DECODE_NAME)?,
+                StridedRows::new(s3, l3, Order::Bhtd, DECODE_NAME)?,
+            );
             let out = decode_fwd(q, &k, &v, dims, op.offset);
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         }
@@ -316,8 +276,10 @@ impl CustomOp3 for DecodeOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let tiled = AttentionOp {
             offset: self.offset,
+            prec: MatmulPrecision::F32,
             lse: OnceLock::new(),
         };
-        tiled.bwd(q, k, v, res, grad)
+        // The tiled backward takes the output and its gradient in (B, T, H, D) order.
+        tiled.bwd(q, k, v, &res.transpose(1, 2)?, &grad.transpose(1, 2)?)
     }
 }
