@@ -12,9 +12,20 @@
 //!           dS = P * (dP - rowsum(dO_b * O_b)),  dQ_b = scale dS K,  dK += scale dS^T Q_b
 //! ```
 //!
-//! The backward runs one task per (batch, KV head), which owns that head's `dK`, `dV` and the
-//! `dQ` of the query heads that share it, so no two tasks write the same memory and the sums are
-//! in a fixed order (bitwise reproducible). The matrix products use the `gemm` crate.
+//! The scale is applied inside the exponentials (and folded into `dS`), so the products are plain
+//! `A·B`: the `gemm` crate's in f32 ([`MatmulPrecision::F32`]), our AVX512_BF16 kernel on
+//! bf16-rounded operands under [`MatmulPrecision::Bf16`] (what autocast's attention does).
+//!
+//! **Layout.** `q`, `k`, `v` are `(B, H, T, D)`-shaped but read through their strides (rows of `D`
+//! contiguous elements, [`StridedRows`]), so the usual transposed view of a projection's
+//! `(B, T, H, D)` output is read without a copy. The kernel writes its output, and the backward
+//! `dq`, `dk`, `dv`, in `(B, T, H, D)` order and returns `(B, H, T, D)` views of them, so the
+//! transpose back before the output projection is free too. Each task computes one head into a
+//! contiguous scratch buffer and scatters its rows (`H · D` apart) into the shared output.
+//!
+//! The forward runs one task per (batch, head). The backward runs one task per (batch, KV head),
+//! which owns that head's `dK`, `dV` and the `dQ` of the query heads that share it, so no two tasks
+//! write the same memory and the sums are in a fixed order (bitwise reproducible).
 //!
 //! **Decode path.** A KV-cached step (`offset > 0`, at most [`DECODE_MAX_T`] new rows) runs a
 //! second forward kernel instead: per query row, dot products against the visible keys, a
